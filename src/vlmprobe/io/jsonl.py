@@ -1,0 +1,61 @@
+"""JSON Lines: an atomic, counting writer and streaming readers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from vlmprobe.io.fs import atomic_write, resolve
+
+
+class JsonlWriter:
+    """Write records one per line to ``uri``; the file appears only when the writer closes cleanly.
+
+    Use as a context manager. ``count`` is the number of records written.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.count = 0
+        self._cm = atomic_write(uri)
+        self._f = None
+
+    def __enter__(self) -> JsonlWriter:
+        self._f = self._cm.__enter__()
+        return self
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record, ensure_ascii=False, default=str))
+        self._f.write("\n")
+        self.count += 1
+
+    def __exit__(self, *exc) -> bool:
+        return bool(self._cm.__exit__(*exc))
+
+
+def iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
+    """Stream the records of a JSONL file, one line at a time."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as raw:
+        import io
+
+        for lineno, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{uri} line {lineno} is not JSON: {e}") from e
+
+
+def iter_json_records(uri: str) -> Iterator[dict[str, Any]]:
+    """Records of a ``.jsonl`` file (streamed) or of a ``.json`` file holding one array."""
+    if uri.endswith(".json"):
+        from vlmprobe.io.fs import read_json
+
+        data = read_json(uri)
+        if not isinstance(data, list):
+            raise ValueError(f"{uri} should hold a JSON array of records")
+        yield from data
+    else:
+        yield from iter_jsonl(uri)
