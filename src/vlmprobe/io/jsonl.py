@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,8 @@ from vlmprobe.io.fs import atomic_write, resolve
 class JsonlWriter:
     """Write records one per line to ``uri``; the file appears only when the writer closes cleanly.
 
-    Use as a context manager. ``count`` is the number of records written.
+    Use as a context manager. ``count`` is the number of records written. ``write`` is
+    thread-safe: a step may write from its event loop and from a worker thread.
     """
 
     def __init__(self, uri: str) -> None:
@@ -20,15 +22,17 @@ class JsonlWriter:
         self.count = 0
         self._cm = atomic_write(uri)
         self._f = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> JsonlWriter:
         self._f = self._cm.__enter__()
         return self
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False, default=str))
-        self._f.write("\n")
-        self.count += 1
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self.count += 1
 
     def __exit__(self, *exc) -> bool:
         return bool(self._cm.__exit__(*exc))

@@ -1,0 +1,103 @@
+"""``python -m vlmprobe.demo`` (``make demo``): the whole DAG, offline, on this machine.
+
+1. writes synthetic parquet files and a tiny LLaVA (random weights, real loading path);
+2. starts the Gemini simulator on loopback (with a little latency and some 429/503/bad JSON);
+3. runs ``airflow dags test vlm_failure_pipeline`` on SQLite with ``VLMPROBE_POD_MODE=local``,
+   so the probe pod's ``torchrun`` (2 CPU ranks) and each QA pod run as local processes;
+4. prints where the QA dataset and manifest are, its item count and three items.
+
+Everything goes under ``demo-output/`` (git-ignored); rerunning replaces the run's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+RUN_DATE = "2026-11-25"
+
+
+def _run(cmd: list[str], env: dict[str, str], log_file: Path) -> None:
+    print(f"$ {' '.join(cmd)}   (log: {log_file})", flush=True)
+    with open(log_file, "w") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if proc.returncode != 0:
+        tail = log_file.read_text().splitlines()[-40:]
+        sys.exit(f"{cmd[0]} {cmd[1]} failed (exit {proc.returncode}); last lines of {log_file}:\n" + "\n".join(tail))
+
+
+def main() -> int:
+    from vlmprobe.demo.data import build_tiny_llava, write_demo_parquet
+    from vlmprobe.sim.server import GeminiSimulator
+
+    out = REPO / "demo-output"
+    data, runs, home = out / "data", out / "runs", out / "airflow"
+    for d in (data, runs, home):
+        d.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    print("1/3 demo data: synthetic parquet + tiny LLaVA", flush=True)
+    write_demo_parquet(str(data / "parquet"))
+    model_dir = build_tiny_llava(str(data / "tiny-llava"))
+
+    conf = {
+        "input_uri": str(data / "parquet"),
+        "output_uri": str(runs),
+        "target_model": model_dir,
+        "gemini_model": "gemini-2.5-flash",
+        "nproc_per_node": 2,
+        "failure_batch_size": 8,
+        "parquet_sample_size": 4,
+        "samples_per_key": 4,
+        "num_shards": 2,
+        "concurrency": 8,
+        "batch_size": 16,
+    }
+    with GeminiSimulator(port=0, latency_ms=30, rate_429=0.05, rate_503=0.03, rate_malformed=0.03,
+                         seed=7) as sim:
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "VLMPROBE_POD_MODE": "local",
+            "VLMPROBE_GEMINI_BASE_URL": sim.base_url,
+            # The simulator accepts any key; a real deployment reads it from a Kubernetes Secret.
+            "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY", "demo-simulator-key"),
+        }
+        print(f"2/3 Gemini simulator on {sim.base_url}; Airflow on SQLite in {home}", flush=True)
+        _run(["airflow", "db", "migrate"], env, out / "airflow-db-migrate.log")
+        print(f"3/3 airflow dags test vlm_failure_pipeline {RUN_DATE} (local pod mode)", flush=True)
+        _run(["airflow", "dags", "test", "vlm_failure_pipeline", RUN_DATE, "-c", json.dumps(conf)],
+             env, out / "airflow-dags-test.log")
+        sim_stats = sim.stats()
+
+    manifest_path = runs / RUN_DATE / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    qa_files = manifest["outputs"]["qa"]
+    items = [json.loads(line) for f in qa_files for line in open(f) if line.strip()]
+    print()
+    print(f"QA dataset:  {runs / RUN_DATE / 'qa'}  ({len(qa_files)} shard file(s))")
+    print(f"QA items:    {len(items)}")
+    print(f"manifest:    {manifest_path}")
+    print(f"counts:      probe {manifest['probe']['counts']}")
+    print(f"             sample {manifest['sample']['counts']}")
+    print(f"             qa {manifest['qa']['counts']}")
+    print(f"simulator:   {json.dumps(sim_stats, sort_keys=True)[:300]}")
+    print("three QA items:")
+    for item in items[:3]:
+        keep = {k: item[k] for k in ("failure_key", "answer_type", "question", "choices", "answer")}
+        print("  " + json.dumps(keep, ensure_ascii=False))
+    print(f"done in {time.monotonic() - t0:.0f} s")
+    return 0 if items else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

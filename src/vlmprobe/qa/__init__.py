@@ -1,0 +1,1 @@
+"""Step 3: targeted QA pairs for one shard of the sampled failures, from Gemini."""

@@ -1,0 +1,1 @@
+"""Step 2: sample a balanced set of verified failures per failure key and plan the QA shards."""
