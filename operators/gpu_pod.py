@@ -91,6 +91,9 @@ class GpuPodOperator(KubernetesPodOperator):
                 k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"),
             ],
             env_vars=env,
+            # The worker image runs as a non-root user: let it write to the data volume.
+            security_context=k8s.V1PodSecurityContext(fs_group=s.fs_group, run_as_non_root=True),
+            priority_class_name=s.priority_class or None,
             secrets=[Secret("env", GEMINI_KEY_ENV, s.gemini_secret, s.gemini_secret_key)],
             labels={"app.kubernetes.io/name": "vlmprobe", "app.kubernetes.io/component": kwargs["task_id"]},
             pool=s.gpu_pool,
@@ -98,7 +101,7 @@ class GpuPodOperator(KubernetesPodOperator):
             get_logs=True,
             log_events_on_failure=True,
             on_finish_action="delete_succeeded_pod",
-            reattach_on_restart=True,
+            durable=True,  # a restarted worker reattaches to the running pod instead of starting another
             # GPU nodes often come from an autoscaler: give scheduling and image pulls time.
             startup_timeout_seconds=1800,
             schedule_timeout_seconds=1800,

@@ -31,6 +31,8 @@ class DeploymentSettings:
     gpu_pool: str = "default_pool"
     qa_gpus: int = 1
     shm_size: str = "32Gi"
+    priority_class: str = ""
+    fs_group: int = 10001
     input_uri: str = ""
     output_uri: str = ""
 
@@ -54,6 +56,9 @@ class DeploymentSettings:
         qa_gpus = get("QA_GPUS", str(d.qa_gpus))
         if not qa_gpus.isdigit():
             raise ValueError(f"VLMPROBE_QA_GPUS must be a whole number, got {qa_gpus!r}")
+        fs_group = get("FS_GROUP", str(d.fs_group))
+        if not fs_group.isdigit():
+            raise ValueError(f"VLMPROBE_FS_GROUP must be a numeric group id, got {fs_group!r}")
         return cls(
             pod_mode=mode,
             namespace=get("NAMESPACE", d.namespace),
@@ -69,6 +74,8 @@ class DeploymentSettings:
             gpu_pool=get("GPU_POOL", d.gpu_pool),
             qa_gpus=int(qa_gpus),
             shm_size=get("SHM_SIZE", d.shm_size),
+            priority_class=get("PRIORITY_CLASS", d.priority_class),
+            fs_group=int(fs_group),
             input_uri=get("INPUT_URI", d.input_uri),
             output_uri=get("OUTPUT_URI", d.output_uri),
         )

@@ -16,14 +16,14 @@ DATA = "Data and models"
 # name -> JSON-schema keywords accepted by airflow.sdk.Param (plus ``section`` for the UI).
 PARAM_SPECS: dict[str, dict[str, Any]] = {
     "input_uri": dict(
-        default="file:///data/vlm-eval",
+        default="/data/input",
         type="string",
         minLength=1,
         section=DATA,
         description="Folder of input parquet files (local path, file://, gs:// or s3://), searched recursively.",
     ),
     "output_uri": dict(
-        default="file:///data/vlmprobe",
+        default="/data/output",
         type="string",
         minLength=1,
         section=DATA,
