@@ -1,0 +1,356 @@
+"""Render the vlmprobe companion chart offline and check what a cluster would receive.
+
+Runs helm's Go template engine through helm-python-sdk (no helm binary, no cluster) and
+validates every manifest against the Kubernetes schemas bundled with kubernetes-validate.
+Also checks `helm/airflow-values.yaml`, which the official Airflow chart consumes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+HELM_DIR = REPO / "helm"
+CHART_DIR = HELM_DIR / "vlmprobe"
+AIRFLOW_VALUES = HELM_DIR / "airflow-values.yaml"
+
+RELEASE = "vlmprobe"
+NAMESPACE = "vlmprobe"
+SETTINGS_CONFIGMAP = "vlmprobe-settings"
+
+# The environment variables the DAG reads at parse time; the settings ConfigMap holds exactly these.
+SETTINGS_KEYS = {
+    "VLMPROBE_NAMESPACE",
+    "VLMPROBE_WORKER_IMAGE",
+    "VLMPROBE_IMAGE_PULL_POLICY",
+    "VLMPROBE_SERVICE_ACCOUNT",
+    "VLMPROBE_DATA_PVC",
+    "VLMPROBE_DATA_MOUNT",
+    "VLMPROBE_NODE_SELECTOR",
+    "VLMPROBE_GEMINI_SECRET",
+    "VLMPROBE_GEMINI_SECRET_KEY",
+    "VLMPROBE_GEMINI_BASE_URL",
+    "VLMPROBE_GPU_POOL",
+    "VLMPROBE_QA_GPUS",
+    "VLMPROBE_SHM_SIZE",
+    "VLMPROBE_INPUT_URI",
+    "VLMPROBE_OUTPUT_URI",
+}
+
+# A stand-in key; real Gemini keys start with "AIza", which must appear nowhere in helm/.
+FAKE_API_KEY = "test-only-not-a-key-7f3a"
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "create_secret": {"gemini": {"createSecret": True, "apiKey": FAKE_API_KEY}},
+    "existing_claim": {"data": {"createClaim": False, "existingClaim": "shared-datasets"}},
+    "separate_namespaces": {
+        "namespace": {"create": True, "name": "gpu-pods"},
+        "airflow": {"namespace": "airflow"},
+    },
+    "everything_on": {
+        "gemini": {"createSecret": True, "apiKey": FAKE_API_KEY, "baseUrl": "http://gemini-sim:8000"},
+        "data": {"storageClass": "nfs", "size": "2Ti"},
+        "pods": {"nodeSelector": {"nvidia.com/gpu.present": "true"}, "qaGpus": 2},
+        "priorityClass": {"create": True},
+        "gpuQuota": {"enabled": True, "gpus": 16},
+        "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "probe@p.iam.gserviceaccount.com"}},
+        "labels": {"team": "ml-data"},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def chart():
+    with helm.Chart.load(CHART_DIR) as loaded:
+        yield loaded
+
+
+def render(chart: helm.Chart, values: dict[str, Any], namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """Every Kubernetes object the chart renders (NOTES.txt and empty templates dropped)."""
+    rendered = chart.render(values, name=RELEASE, namespace=namespace)
+    docs = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    matches = [doc for doc in docs if doc["kind"] == kind]
+    assert len(matches) == 1, f"expected one {kind}, got {len(matches)}"
+    return matches[0]
+
+
+def settings(docs: list[dict[str, Any]]) -> dict[str, str]:
+    configmap = only(docs, "ConfigMap")
+    assert configmap["metadata"]["name"] == SETTINGS_CONFIGMAP
+    return configmap["data"]
+
+
+def test_default_render_has_the_pod_prerequisites_and_nothing_optional(chart):
+    docs = render(chart, {})
+
+    assert sorted(doc["kind"] for doc in docs) == [
+        "ConfigMap",
+        "PersistentVolumeClaim",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+@pytest.mark.parametrize("kube_version", ["1.30", "1.37"])
+def test_every_manifest_is_valid_kubernetes(chart, case, kube_version):
+    for doc in render(chart, VALUE_SETS[case]):
+        kubernetes_validate.validate(doc, kube_version, strict=True)
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+def test_settings_configmap_holds_exactly_the_dag_settings_as_strings(chart, case):
+    data = settings(render(chart, VALUE_SETS[case]))
+
+    expected = set(SETTINGS_KEYS)
+    if VALUE_SETS[case].get("priorityClass", {}).get("create"):
+        expected.add("VLMPROBE_PRIORITY_CLASS")
+    assert set(data) == expected
+    assert all(isinstance(value, str) for value in data.values())
+    assert isinstance(json.loads(data["VLMPROBE_NODE_SELECTOR"]), dict)
+    assert int(data["VLMPROBE_QA_GPUS"]) >= 0
+
+
+def test_default_settings_match_the_dag_defaults(chart):
+    data = settings(render(chart, {}))
+
+    assert data["VLMPROBE_NAMESPACE"] == NAMESPACE
+    assert data["VLMPROBE_WORKER_IMAGE"] == f"vlmprobe-worker:{chart.metadata['appVersion']}"
+    assert data["VLMPROBE_DATA_MOUNT"] == "/data"
+    assert data["VLMPROBE_NODE_SELECTOR"] == "{}"
+    assert data["VLMPROBE_GEMINI_SECRET"] == "vlmprobe-gemini"
+    assert data["VLMPROBE_GEMINI_SECRET_KEY"] == "api-key"
+    assert data["VLMPROBE_GEMINI_BASE_URL"] == ""
+    assert data["VLMPROBE_GPU_POOL"] == "gpu"
+    assert data["VLMPROBE_QA_GPUS"] == "1"
+    assert data["VLMPROBE_SHM_SIZE"] == "32Gi"
+    assert data["VLMPROBE_INPUT_URI"] == "/data/input"
+    assert data["VLMPROBE_OUTPUT_URI"] == "/data/output"
+
+
+def test_settings_follow_the_values(chart):
+    data = settings(render(chart, VALUE_SETS["everything_on"]))
+
+    assert json.loads(data["VLMPROBE_NODE_SELECTOR"]) == {"nvidia.com/gpu.present": "true"}
+    assert data["VLMPROBE_QA_GPUS"] == "2"
+    assert data["VLMPROBE_GEMINI_BASE_URL"] == "http://gemini-sim:8000"
+    assert data["VLMPROBE_PRIORITY_CLASS"] == only(render(chart, VALUE_SETS["everything_on"]), "PriorityClass")[
+        "metadata"
+    ]["name"]
+
+
+def test_pod_objects_are_the_ones_the_settings_name(chart):
+    docs = render(chart, {})
+    data = settings(docs)
+
+    assert only(docs, "ServiceAccount")["metadata"]["name"] == data["VLMPROBE_SERVICE_ACCOUNT"]
+    assert only(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert only(docs, "PersistentVolumeClaim")["metadata"]["name"] == data["VLMPROBE_DATA_PVC"]
+
+
+def test_role_grants_what_the_pod_operator_needs(chart):
+    docs = render(chart, {})
+    rules = {
+        resource: set(rule["verbs"])
+        for rule in only(docs, "Role")["rules"]
+        for resource in rule["resources"]
+    }
+
+    assert rules["pods"] >= {"create", "get", "list", "watch", "patch", "delete"}
+    assert rules["pods/log"] >= {"get"}
+    assert rules["pods/exec"] >= {"create", "get"}  # XCom sidecar
+    assert rules["events"] >= {"get", "list", "watch"}
+    assert "secrets" not in rules, "Airflow must not read the Gemini Secret"
+
+
+def test_rolebinding_names_the_airflow_service_accounts(chart):
+    docs = render(chart, VALUE_SETS["separate_namespaces"], namespace="airflow")
+    binding = only(docs, "RoleBinding")
+
+    assert binding["metadata"]["namespace"] == "gpu-pods"
+    assert binding["roleRef"]["name"] == only(docs, "Role")["metadata"]["name"]
+    assert [(s["name"], s["namespace"]) for s in binding["subjects"]] == [
+        ("airflow-worker", "airflow"),
+        ("airflow-triggerer", "airflow"),
+    ]
+
+
+def test_separate_namespaces_put_settings_with_airflow_and_pods_elsewhere(chart):
+    docs = render(chart, VALUE_SETS["separate_namespaces"], namespace="airflow")
+
+    assert only(docs, "Namespace")["metadata"]["name"] == "gpu-pods"
+    assert only(docs, "ConfigMap")["metadata"]["namespace"] == "airflow"
+    assert settings(docs)["VLMPROBE_NAMESPACE"] == "gpu-pods"
+    for kind in ("ServiceAccount", "PersistentVolumeClaim", "Role", "RoleBinding"):
+        assert only(docs, kind)["metadata"]["namespace"] == "gpu-pods"
+
+
+def test_namespace_create_for_the_release_namespace_is_refused(chart):
+    with pytest.raises(helm.HelmRenderError, match="--create-namespace"):
+        render(chart, {"namespace": {"create": True, "name": NAMESPACE}})
+
+
+def test_existing_claim_is_referenced_not_created(chart):
+    docs = render(chart, VALUE_SETS["existing_claim"])
+
+    assert not [doc for doc in docs if doc["kind"] == "PersistentVolumeClaim"]
+    assert settings(docs)["VLMPROBE_DATA_PVC"] == "shared-datasets"
+
+
+def test_created_claim_is_shared_and_kept(chart):
+    claim = only(render(chart, VALUE_SETS["everything_on"]), "PersistentVolumeClaim")
+
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Ti"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+
+
+@pytest.mark.parametrize("case", ["defaults", "existing_claim", "separate_namespaces"])
+def test_no_secret_unless_create_secret(chart, case):
+    docs = render(chart, VALUE_SETS[case])
+
+    assert "Secret" not in {doc["kind"] for doc in docs}
+    assert settings(docs)["VLMPROBE_GEMINI_SECRET"] == "vlmprobe-gemini"
+
+
+def test_created_secret_holds_the_key_and_only_the_secret_does(chart):
+    docs = render(chart, VALUE_SETS["create_secret"])
+    secret = only(docs, "Secret")
+    data = settings(docs)
+
+    assert secret["metadata"]["name"] == data["VLMPROBE_GEMINI_SECRET"]
+    assert base64.b64decode(secret["data"][data["VLMPROBE_GEMINI_SECRET_KEY"]]).decode() == FAKE_API_KEY
+    encoded = base64.b64encode(FAKE_API_KEY.encode()).decode()
+    for doc in docs:
+        if doc["kind"] != "Secret":
+            dumped = json.dumps(doc)
+            assert FAKE_API_KEY not in dumped and encoded not in dumped, doc["kind"]
+
+
+def test_create_secret_without_a_key_is_refused(chart):
+    with pytest.raises(helm.HelmRenderError, match="gemini.apiKey"):
+        render(chart, {"gemini": {"createSecret": True}})
+
+
+def test_gpu_quota_caps_gpu_requests(chart):
+    quota = only(render(chart, VALUE_SETS["everything_on"]), "ResourceQuota")
+
+    assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "16"}
+
+
+def test_chart_lints_clean():
+    report = helm.lint(CHART_DIR, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
+
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_defaults_pass_the_schema(chart):
+    chart.validate_schema(chart.values)
+
+
+@pytest.mark.parametrize(
+    "values, where",
+    [
+        ({"gpuPools": "gpu"}, "gpuPools"),
+        ({"pods": {"qaGpus": "two"}}, "/pods/qaGpus"),
+        ({"data": {"createClaim": "yes"}}, "/data/createClaim"),
+        ({"data": {"accessModes": ["RWX"]}}, "/data/accessModes/0"),
+        ({"gemini": {"apikey": "x"}}, "apikey"),
+    ],
+)
+def test_schema_rejects_unknown_keys_and_bad_types(chart, values, where):
+    with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
+        chart.validate_schema(values)
+
+
+def _value_paths(node: Any, prefix: str = "") -> set[str]:
+    if not isinstance(node, dict):
+        return set()
+    paths = set()
+    for key, child in node.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.add(path)
+        # Free-form maps (labels, annotations, nodeSelector) have no fixed keys.
+        if isinstance(child, dict) and child:
+            paths |= _value_paths(child, path)
+    return paths
+
+
+def _schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, child in schema.get("properties", {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.add(path)
+        paths |= _schema_paths(child, path)
+    return paths
+
+
+def test_schema_is_in_step_with_values(chart):
+    schema = chart.schema
+
+    assert schema is not None and schema["additionalProperties"] is False
+    assert _value_paths(chart.values) == _schema_paths(schema)
+
+
+def test_every_values_key_has_a_comment_above_it():
+    lines = (CHART_DIR / "values.yaml").read_text().splitlines()
+    key = re.compile(r"^\s*[A-Za-z][A-Za-z0-9]*:")
+    undocumented = []
+    for number, line in enumerate(lines):
+        if key.match(line):
+            previous = next((p for p in reversed(lines[:number]) if p.strip()), "")
+            if not previous.lstrip().startswith("#"):
+                undocumented.append(f"{number + 1}: {line.strip()}")
+    assert undocumented == []
+
+
+def test_airflow_values_load_the_settings_and_run_pods_in_the_cluster(chart):
+    values = yaml.safe_load(AIRFLOW_VALUES.read_text())
+    data = settings(render(chart, {}))
+
+    env_from = yaml.safe_load(values["extraEnvFrom"])
+    assert {"configMapRef": {"name": SETTINGS_CONFIGMAP}} in env_from
+    assert {"name": "VLMPROBE_POD_MODE", "value": "cluster"} in values["env"]
+    assert not any(item["name"].startswith("VLMPROBE_GEMINI") for item in values["env"])
+    assert values["dags"]["gitSync"]["enabled"] is False
+    assert values["airflowVersion"] == "3.3.2"
+    # Workers read step outputs from the same claim, at the same path, as the GPU pods.
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in values["workers"]["extraVolumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in values["workers"]["extraVolumeMounts"]}
+    assert data["VLMPROBE_DATA_PVC"] in claims.values()
+    volume = next(name for name, claim in claims.items() if claim == data["VLMPROBE_DATA_PVC"])
+    assert mounts[volume] == data["VLMPROBE_DATA_MOUNT"]
+
+
+def test_no_api_key_is_committed_under_helm():
+    # Google API keys are "AIza" + 35 characters; no key of any form belongs in values files.
+    offenders = []
+    for path in sorted(HELM_DIR.rglob("*")):
+        if path.is_file():
+            text = path.read_text()
+            if "AIza" in text or re.search(r"apiKey:\s*['\"]?[^'\"\s#]", text):
+                offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

@@ -1,0 +1,171 @@
+import base64
+import io
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from PIL import Image
+
+from vlmprobe.demo.data import build_tiny_llava, draw_scene, iter_demo_examples
+from vlmprobe.target import TargetLoadError, build_prompt_text, load_target
+
+QUESTIONS = [
+    "What color is the circle?",
+    "How many squares are there in this picture, counting every square you can see?",
+    "Is it left?",
+    "Which shape is red?",
+    "Where is the triangle? Look carefully at the whole image before you answer.",
+]
+CHOICES = [None, None, None, ["circle", "square", "triangle"], ["left", "right", "top", "bottom"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory):
+    out = build_tiny_llava(str(tmp_path_factory.mktemp("tiny-llava")))
+    # Save the tokenizer with right padding: the target must switch it to left padding.
+    config_path = f"{out}/tokenizer_config.json"
+    with open(config_path) as f:
+        config = json.load(f)
+    config["padding_side"] = "right"
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    return out
+
+
+@pytest.fixture(scope="module")
+def target(tiny_llava):
+    return load_target(tiny_llava, device="cpu", max_new_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def images():
+    # Different sizes and a non-RGB mode: the processor must resize and the target convert.
+    examples = list(iter_demo_examples(0, 5, seed=3))
+    out = [draw_scene(ex["scene"]) for ex in examples]
+    out[1] = out[1].resize((80, 48))
+    out[2] = out[2].convert("L")
+    return out
+
+
+def test_batched_answers_equal_one_at_a_time(target, images):
+    batched = target.answer(images, QUESTIONS, CHOICES)
+    assert len(batched) == 5 and all(isinstance(a, str) for a in batched)
+    # Greedy decoding: padding the batch must not change any answer.
+    single = [target.answer([im], [q], [c])[0] for im, q, c in zip(images, QUESTIONS, CHOICES)]
+    assert batched == single
+
+
+def test_prompts_are_left_padded_with_one_image_each(target, images):
+    assert target.processor.tokenizer.padding_side == "left"
+    questions = [*QUESTIONS[:4], "Is there an <image> token in this question?"]
+    inputs = target.encode(images, questions, CHOICES)
+    mask = inputs["attention_mask"]
+    assert mask[:, -1].all(), "every prompt ends at the last column"
+    assert not mask[:, 0].all(), "shorter prompts are padded at the start"
+    image_tokens = (inputs["input_ids"] == target.model.config.image_token_index).sum(dim=1)
+    # One image placeholder per prompt, expanded to one token per 8x8 patch of the 32x32 input.
+    assert image_tokens.tolist() == [16] * 5
+    assert target.build_prompt(questions[4], None).count("<image>") == 1
+    assert inputs["pixel_values"].shape == (5, 3, 32, 32)
+
+
+def test_empty_batch(target):
+    assert target.answer([], [], []) == []
+
+
+def test_mismatched_lengths_are_refused(target, images):
+    with pytest.raises(ValueError, match="one question"):
+        target.answer(images, QUESTIONS[:2], CHOICES)
+
+
+def test_missing_model_folder_names_the_spec(tmp_path):
+    missing = str(tmp_path / "no-such-model")
+    with pytest.raises(TargetLoadError, match="no-such-model.*hub id.*config.json"):
+        load_target(missing)
+    with pytest.raises(TargetLoadError, match="no config.json"):
+        load_target(str(tmp_path))
+
+
+def test_build_prompt_text():
+    assert build_prompt_text(" Which? ", ["red", "blue"]) == "Which?\nOptions: red, blue.\nAnswer with one of the options."
+    assert build_prompt_text("How many?", None) == "How many?\nAnswer with a single word or number."
+
+
+def test_importing_target_does_not_import_torch():
+    code = "import sys, vlmprobe.target, vlmprobe.target.answers; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _ChatHandler(BaseHTTPRequestHandler):
+    """Answers each chat completion with its question's first line, padded with spaces."""
+
+    requests: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append((self.path, self.headers.get("Authorization"), body))
+        if self.path != "/v1/chat/completions":
+            self.send_error(404)
+            return
+        text = next(part["text"] for part in body["messages"][0]["content"] if part["type"] == "text")
+        reply = {"choices": [{"message": {"role": "assistant", "content": f"  {text.splitlines()[0]} "}}]}
+        payload = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    _ChatHandler.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _ChatHandler.requests
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_openai_compatible_target(chat_server, images, monkeypatch):
+    base_url, requests = chat_server
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    with load_target(f"openai:{base_url}#llava-hf/llava-1.5-7b-hf", max_new_tokens=7) as target:
+        assert target.name == "llava-hf/llava-1.5-7b-hf"
+        answers = target.answer(images, QUESTIONS, CHOICES)
+    # In order (whatever order the threads finished in), stripped.
+    assert answers == QUESTIONS
+    assert len(requests) == 5
+    path, auth, body = requests[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer sk-test"
+    assert body["model"] == "llava-hf/llava-1.5-7b-hf"
+    assert body["max_tokens"] == 7 and body["temperature"] == 0
+    by_text = {
+        next(p["text"] for p in b["messages"][0]["content"] if p["type"] == "text"): b for _, _, b in requests
+    }
+    sent = by_text[build_prompt_text(QUESTIONS[3], CHOICES[3])]["messages"][0]["content"]
+    url = next(p["image_url"]["url"] for p in sent if p["type"] == "image_url")
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.mode == "RGB" and decoded.tobytes() == images[3].tobytes()
+
+
+def test_openai_target_server_error_raises(chat_server):
+    base_url, _ = chat_server
+    with load_target(f"openai:{base_url}/wrong#m") as target:
+        with pytest.raises(httpx.HTTPStatusError, match="404"):
+            target.answer([Image.new("RGB", (8, 8))], ["q"], [None])
+
+
+def test_openai_spec_without_model_is_refused():
+    with pytest.raises(ValueError, match="openai:http://HOST:PORT/v1#MODEL"):
+        load_target("openai:http://127.0.0.1:1/v1")
