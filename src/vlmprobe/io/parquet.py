@@ -73,7 +73,10 @@ def image_bytes(cell: Any, parquet_uri: str) -> bytes:
 
 
 def read_cells(uri: str, rows: list[int], columns: list[str]) -> dict[int, dict[str, Any]]:
-    """Cells of the given rows of one file, reading only the row groups that hold them."""
+    """Cells of the given rows of one file, reading only the row groups that hold them.
+
+    Rows past the end of the file are left out of the result; the caller reports them.
+    """
     pf = open_parquet(uri)
     wanted = sorted(set(rows))
     out: dict[int, dict[str, Any]] = {}
@@ -93,7 +96,11 @@ def read_cells(uri: str, rows: list[int], columns: list[str]) -> dict[int, dict[
             for r in hits:
                 out[r] = {c: table.column(c)[r - start].as_py() for c in columns}
         start = stop
-    missing = [r for r in wanted if r not in out]
-    if missing:
-        raise IndexError(f"{uri} has {start} rows; rows {missing[:5]} do not exist")
     return out
+
+
+def cell_image_bytes(cells: dict[int, dict[str, Any]], row: int, uri: str) -> bytes:
+    """The image bytes of ``row`` from a :func:`read_cells` result; ValueError if the row is absent."""
+    if row not in cells:
+        raise ValueError(f"{uri} has no row {row}")
+    return image_bytes(cells[row]["image"], uri)

@@ -118,7 +118,7 @@ class ShardQA:
 
 def _load_images(records: list[dict[str, Any]]) -> list[bytes | Exception]:
     """Image bytes for each record: embedded base64, or read by reference (each file once)."""
-    from vlmprobe.io.parquet import image_bytes, read_cells
+    from vlmprobe.io.parquet import cell_image_bytes, read_cells
 
     out: list[bytes | Exception] = [b""] * len(records)
     by_file: dict[str, list[int]] = defaultdict(list)
@@ -136,7 +136,7 @@ def _load_images(records: list[dict[str, Any]]) -> list[bytes | Exception]:
             continue
         for i in idx:
             try:
-                out[i] = image_bytes(cells[records[i]["image"]["row"]]["image"], uri)
+                out[i] = cell_image_bytes(cells, records[i]["image"]["row"], uri)
             except (ValueError, OSError) as e:
                 out[i] = e
     return out

@@ -58,7 +58,7 @@ def plan_shards(total: int, num_shards: int) -> list[dict[str, int]]:
 
 def _embed(records: list[dict[str, Any]], errors: JsonlWriter, run_date: str) -> list[dict[str, Any]]:
     """Attach base64 image bytes to each record (reading each file's rows once)."""
-    from vlmprobe.io.parquet import image_bytes, read_cells
+    from vlmprobe.io.parquet import cell_image_bytes, read_cells
 
     by_file: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
@@ -74,7 +74,7 @@ def _embed(records: list[dict[str, Any]], errors: JsonlWriter, run_date: str) ->
             continue
         for r in recs:
             try:
-                data = image_bytes(cells[r["image"]["row"]]["image"], uri)
+                data = cell_image_bytes(cells, r["image"]["row"], uri)
             except (ValueError, OSError) as e:
                 errors.write(error_record("sample", "image_unreadable", str(e), id=r["id"],
                                           image=r["image"], failure_key=r["failure_key"], run_date=run_date))

@@ -1,0 +1,89 @@
+"""Storage helpers, failure keys and the deterministic file plan."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlmprobe.io import JsonlWriter, RunLayout, iter_json_records, iter_jsonl, list_files
+from vlmprobe.io.parquet import image_bytes, iter_rows, read_cells
+from vlmprobe.probe.plan import sample_files, split_for_rank
+from vlmprobe.records import failure_key
+
+
+def test_jsonl_writer_is_atomic(tmp_path):
+    uri = str(tmp_path / "out" / "a.jsonl")
+    with pytest.raises(RuntimeError):
+        with JsonlWriter(uri) as w:
+            w.write({"x": 1})
+            raise RuntimeError("crash mid-write")
+    assert not (tmp_path / "out" / "a.jsonl").exists()
+    assert list((tmp_path / "out").iterdir()) == []  # no temp file left behind
+    with JsonlWriter(uri) as w:
+        w.write({"x": 1})
+        w.write({"x": 2})
+    assert w.count == 2 and [r["x"] for r in iter_jsonl(uri)] == [1, 2]
+    with JsonlWriter(uri) as w:  # a rerun replaces, never appends
+        w.write({"x": 3})
+    assert [r["x"] for r in iter_jsonl(uri)] == [3]
+
+
+def test_json_array_records(tmp_path):
+    p = tmp_path / "f.json"
+    p.write_text(json.dumps([{"a": 1}, {"a": 2}]))
+    assert [r["a"] for r in iter_json_records(str(p))] == [1, 2]
+
+
+def test_layout_paths():
+    lay = RunLayout("/data/out", "2026-11-25")
+    assert lay.probe_rank(3) == "/data/out/2026-11-25/probe/rank-00003.jsonl"
+    assert lay.qa_shard(12) == "/data/out/2026-11-25/qa/shard-00012.jsonl"
+    assert lay.manifest == "/data/out/2026-11-25/manifest.json"
+    assert RunLayout("gs://bucket/x/", "2026-11-25").shard_plan == "gs://bucket/x/2026-11-25/sample/shards.json"
+    with pytest.raises(ValueError, match="run date"):
+        RunLayout("/data", "25/11/2026")
+
+
+def test_failure_key_normalizes():
+    assert failure_key("Color", " Light Blue! ") == "color:light_blue"
+    assert failure_key("count", "") == "count:unknown"
+
+
+def test_file_sampling_is_seeded_by_run_date(demo_parquet):
+    all_files = list_files(demo_parquet, ".parquet")
+    assert len(all_files) == 4
+    a = sample_files(demo_parquet, 2, seed=0, run_date="2026-11-25")
+    assert a == sample_files(demo_parquet, 2, seed=0, run_date="2026-11-25")
+    others = {tuple(sample_files(demo_parquet, 2, seed=0, run_date=f"2026-11-{d:02d}")) for d in range(1, 29)}
+    assert len(others) > 1  # the draw changes with the date
+    assert sample_files(demo_parquet, 10, seed=0, run_date="2026-11-25") == all_files
+    with pytest.raises(FileNotFoundError):
+        sample_files(demo_parquet + "-missing", 2, 0, "2026-11-25")
+
+
+def test_split_for_rank_is_contiguous_and_complete():
+    files = [f"f{i}" for i in range(10)]
+    parts = [split_for_rank(files, r, 4) for r in range(4)]
+    assert [len(p) for p in parts] == [3, 3, 2, 2]
+    assert sum(parts, []) == files
+    with pytest.raises(ValueError, match="lower nproc_per_node"):
+        split_for_rank(files[:3], 0, 4)
+
+
+def test_parquet_rows_stream_and_read_back(demo_parquet):
+    uri = list_files(demo_parquet, ".parquet")[1]
+    rows = list(iter_rows(uri, batch_rows=5))
+    assert [r.row for r in rows] == list(range(len(rows)))
+    picked = read_cells(uri, [rows[-1].row, 0], ["image", "question"])
+    assert picked[0]["question"] == rows[0].cells["question"]
+    assert image_bytes(picked[rows[-1].row]["image"], uri) == image_bytes(rows[-1].cells["image"], uri)
+    assert read_cells(uri, [10_000, 0], ["question"]).keys() == {0}  # rows past the end are left out
+
+
+def test_image_cell_by_relative_path(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"png-bytes")
+    assert image_bytes({"bytes": None, "path": "img.png"}, str(tmp_path / "x.parquet")) == b"png-bytes"
+    assert image_bytes(b"raw", "unused") == b"raw"
+    with pytest.raises(ValueError):
+        image_bytes({"bytes": None, "path": None}, "x")
