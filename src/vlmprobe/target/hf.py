@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers.utils import logging as hf_logging
 
 from vlmprobe.target import TargetLoadError, build_prompt_text
 
@@ -69,6 +70,7 @@ class LlavaTarget:
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_new_tokens = max_new_tokens
         try:
+            hf_logging.disable_progress_bar()  # one bar per rank per load only clutters pod logs
             model = LlavaForConditionalGeneration.from_pretrained(path, dtype=self.dtype)
             self.processor = AutoProcessor.from_pretrained(path)
         except (OSError, ValueError) as exc:
