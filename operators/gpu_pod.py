@@ -140,12 +140,12 @@ class GpuPodOperator(KubernetesPodOperator):
             xcom_file = os.path.join(tmp, "return.json")
             env["VLMPROBE_XCOM_FILE"] = xcom_file
             self.log.info("local pod mode: %s", shlex.join(argv))  # argv only: env may hold secrets
-            self._local_proc = proc = subprocess.Popen(
-                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                self.log.info("%s", line.rstrip("\n"))
-            rc = proc.wait()
+            with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, bufsize=1) as proc:
+                self._local_proc = proc
+                for line in proc.stdout:
+                    self.log.info("%s", line.rstrip("\n"))
+                rc = proc.wait()
             self._local_proc = None
             if rc != 0:
                 raise AirflowException(f"task {self.task_id}: local pod command exited with code {rc}")
