@@ -149,12 +149,19 @@ class RankProbe:
         return preds
 
     # -- teacher -----------------------------------------------------------------------------
+    def _count_tokens(self, *usages) -> None:
+        for u in usages:
+            if u is not None:
+                self.tokens["prompt_tokens"] += u.prompt_tokens
+                self.tokens["output_tokens"] += u.output_tokens
+
     async def _explain(self, ex: Example, prediction: str) -> None:
         from vlmprobe.teacher.client import TeacherError
         from vlmprobe.teacher.prompts import factor_prompt, verify_prompt
         from vlmprobe.teacher.schemas import FactorCompletion, Verification
 
         images = [(ex.image_bytes, ex.mime)]
+        fc = None
         try:
             fc = await self.teacher.generate(
                 factor_prompt(self.templates, ex.question, ex.answer, prediction, ex.choices),
@@ -164,11 +171,11 @@ class RankProbe:
                 verify_prompt(ex.question, ex.answer, prediction, factor.category, factor.completion),
                 Verification, images=images)
         except TeacherError as e:
+            self._count_tokens(e.usage, fc.usage if fc else None)  # failed attempts are billed too
             self._error(f"teacher_{e.reason}", str(e), ex.row, ex.id)
             return
         usage = fc.usage + vr.usage
-        self.tokens["prompt_tokens"] += usage.prompt_tokens
-        self.tokens["output_tokens"] += usage.output_tokens
+        self._count_tokens(usage)
         verdict: Verification = vr.parsed
         record = {
             "id": ex.id,

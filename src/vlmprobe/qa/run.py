@@ -91,6 +91,8 @@ class ShardQA:
         try:
             result = await self.teacher.generate(prompt, QASet, images=[(data, mime)])
         except TeacherError as e:
+            if e.usage is not None:  # failed attempts are billed too
+                self.tokens.update(prompt_tokens=e.usage.prompt_tokens, output_tokens=e.usage.output_tokens)
             self._error(rec, f"teacher_{e.reason}", str(e))
             return
         usage = {"prompt_tokens": result.usage.prompt_tokens, "output_tokens": result.usage.output_tokens}

@@ -1,0 +1,713 @@
+"""Gemini simulator: a Gemini-compatible HTTP server on loopback, for tests, benchmarks and the demo.
+
+This is a simulator, not Gemini. It answers ``POST /v1beta/models/{model}:generateContent``
+(and ``/v1/...``) the way the Gemini Developer API does, closely enough for the real
+google-genai client: it reads ``contents`` (text and ``inlineData`` parts) and the response
+schema from ``generationConfig`` (``responseSchema`` in the OpenAPI subset, with upper-case
+types and the snake_case keys google-genai 3.6.1 sends, or ``responseJsonSchema`` with
+``$defs``/``$ref``), and answers schema-valid JSON generated from a seeded RNG: the same body
+and seed give the same answer. ``GET /stats`` returns the counters as JSON.
+
+Faults are injected per request number from the seed, so a test is reproducible: latency with
+±50% jitter, HTTP 429 with a ``RetryInfo`` delay, 503, 200 with truncated JSON, and a per-model
+quota after which every request is a 429 without ``RetryInfo``.
+
+A request without an ``x-goog-api-key`` header is refused with 403; the key's value is never
+logged or stored. Stdlib only; it binds loopback addresses only.
+
+Run it with ``vlmprobe gemini-sim`` or ``python -m vlmprobe.sim.server``; in tests use
+``with GeminiSimulator(port=0) as sim: ... sim.base_url``. Safe to restart at any time: it keeps
+no state besides its counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import re
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_GENERATE_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):generateContent$")
+_MEDIA_PREFIXES = ("image/", "video/", "audio/", "text/", "application/pdf")
+TOKENS_PER_IMAGE = 258
+_MAX_DEPTH = 8
+_STOPWORDS = frozenset(
+    "the and for are but not you all any can had her was one our out has him his how its may new now "
+    "see two who did get let put say she too use this that with from have what when where which while "
+    "your into than then them they there these those will would could should about above below image "
+    "json answer return only each given between".split()
+)
+_FALLBACK_WORDS = ("red", "blue", "green", "left", "right", "small", "large", "two", "three", "indoors")
+# Siblings depend on these: the answer type decides the choices, the choices decide the answer.
+_FIELD_ORDER = {"answer_type": 0, "choices": 1, "answer": 2}
+
+
+# --------------------------------------------------------------------------------- counters
+
+
+class SimStats:
+    """Thread-safe counters of the simulator's generateContent requests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.by_status: Counter[str] = Counter()
+        self.by_model: Counter[str] = Counter()
+        self.successes_by_model: Counter[str] = Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.prompt_tokens = 0
+        self.output_tokens = 0
+
+    def begin(self, model: str) -> int:
+        """Count a request's arrival; returns its number (0-based), which seeds its faults."""
+        with self._lock:
+            number = self.requests
+            self.requests += 1
+            self.by_model[model] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            return number
+
+    def end(self, status: int) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.by_status[str(status)] += 1
+
+    def reserve_success(self, model: str, quota: int | None) -> bool:
+        """Take one of the model's successful answers; False once its quota is spent."""
+        with self._lock:
+            if quota is not None and self.successes_by_model[model] >= quota:
+                return False
+            self.successes_by_model[model] += 1
+            return True
+
+    def add_tokens(self, prompt: int, output: int) -> None:
+        with self._lock:
+            self.prompt_tokens += prompt
+            self.output_tokens += output
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": self.requests,
+                "by_status": dict(self.by_status),
+                "by_model": dict(self.by_model),
+                "successes_by_model": dict(self.successes_by_model),
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+                "prompt_tokens": self.prompt_tokens,
+                "output_tokens": self.output_tokens,
+            }
+
+
+# ------------------------------------------------------------------- schema-driven answers
+
+
+def _key(schema: dict[str, Any], name: str) -> Any:
+    """``schema[name]`` for a camelCase keyword, also found under its snake_case spelling."""
+    if name in schema:
+        return schema[name]
+    return schema.get(re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower())
+
+
+def _words(text: str) -> list[str]:
+    seen: dict[str, None] = {}
+    for word in re.findall(r"[A-Za-z][A-Za-z-]{2,}", text):
+        word = word.lower().strip("-")
+        if word not in _STOPWORDS and len(word) <= 20:
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+class _AnswerWriter:
+    """Generates one schema-valid value from a seeded RNG and the prompt's words."""
+
+    def __init__(self, rng: random.Random, root: dict[str, Any], prompt: str, verify_true_rate: float) -> None:
+        self.rng = rng
+        self.root = root
+        self.prompt_words = _words(prompt) or list(_FALLBACK_WORDS)
+        self.verify_true_rate = verify_true_rate
+
+    def _resolve(self, schema: Any) -> dict[str, Any]:
+        if not isinstance(schema, dict):
+            return {}
+        for _ in range(32):
+            ref = schema.get("$ref")
+            if not isinstance(ref, str):
+                break
+            target: Any = self.root
+            for part in ref.lstrip("#").strip("/").split("/"):
+                if part:
+                    target = target.get(part.replace("~1", "/").replace("~0", "~"), {}) if isinstance(target, dict) else {}
+            schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        all_of = _key(schema, "allOf")
+        if all_of:
+            merged = {k: v for k, v in schema.items() if k not in ("allOf", "all_of")}
+            for sub in all_of:
+                sub = self._resolve(sub)
+                props = {**(_key(merged, "properties") or {}), **(_key(sub, "properties") or {})}
+                required = [*(_key(merged, "required") or []), *(_key(sub, "required") or [])]
+                merged = {**merged, **sub, "properties": props, "required": required}
+            schema = merged
+        return schema
+
+    def _pick_words(self, low: int, high: int) -> str:
+        k = min(self.rng.randint(low, high), len(self.prompt_words))
+        return " ".join(self.rng.sample(self.prompt_words, k))
+
+    def value(self, schema: Any, name: str = "", depth: int = 0, siblings: dict[str, Any] | None = None) -> Any:
+        schema = self._resolve(schema)
+        siblings = siblings if siblings is not None else {}
+        deep = depth >= _MAX_DEPTH
+        if "const" in schema:
+            return schema["const"]
+        enum = _key(schema, "enum")
+        if enum:
+            return self.rng.choice(list(enum))
+        options = _key(schema, "anyOf") or _key(schema, "oneOf")
+        if options:
+            options = [self._resolve(o) for o in options]
+            non_null = [o for o in options if self._type(o) != "null"]
+            if not non_null or (deep and len(non_null) < len(options)):
+                return None
+            return self.value(self.rng.choice(non_null), name, depth, siblings)
+        kind = self._type(schema)
+        if kind == "object":
+            return self._object(schema, depth)
+        if kind == "array":
+            return self._array(schema, name, depth, siblings)
+        if kind == "boolean":
+            rate = self.verify_true_rate if name in ("verified", "supported") else 0.5
+            return self.rng.random() < rate
+        if kind in ("integer", "number"):
+            return self._number(schema, integer=kind == "integer")
+        if kind == "null":
+            return None
+        return self._string(schema, name, siblings)
+
+    @staticmethod
+    def _type(schema: dict[str, Any]) -> str:
+        kind = schema.get("type")
+        if isinstance(kind, list):  # JSON schema: ["string", "null"]
+            kind = next((k for k in kind if str(k).lower() != "null"), "null")
+        if kind:
+            return str(kind).lower()
+        if _key(schema, "properties") is not None:
+            return "object"
+        if "items" in schema:
+            return "array"
+        if _key(schema, "nullable"):
+            return "null"  # google-genai sends a recursive field as a bare {"nullable": true}
+        return "string"
+
+    def _object(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
+        properties: dict[str, Any] = _key(schema, "properties") or {}
+        declared = [p for p in (_key(schema, "propertyOrdering") or []) if p in properties]
+        declared += [p for p in properties if p not in declared]
+        required = set(_key(schema, "required") or ())
+        out: dict[str, Any] = {}
+        for name in sorted(declared, key=lambda p: _FIELD_ORDER.get(p, len(_FIELD_ORDER))):
+            if depth + 1 >= _MAX_DEPTH and name not in required:
+                continue  # keeps recursive schemas finite
+            out[name] = self.value(properties[name], name, depth + 1, out)
+        return {name: out[name] for name in declared if name in out}
+
+    def _array(self, schema: dict[str, Any], name: str, depth: int, siblings: dict[str, Any]) -> list[Any]:
+        min_items = _key(schema, "minItems")
+        max_items = _key(schema, "maxItems")
+        low = int(min_items) if min_items is not None else (0 if depth + 1 >= _MAX_DEPTH else 1)
+        high = int(max_items) if max_items is not None else max(low, 3)
+        low = min(low, high)
+        items = self._resolve(schema.get("items", {"type": "string"}))
+        answer_type = siblings.get("answer_type")
+        if name in ("choices", "options") and self._type(items) == "string" and not _key(items, "enum"):
+            # Only an explicit minItems forces choices on yes/no and open questions.
+            floor = min(int(min_items or 0), high)
+            if answer_type == "yes_no":
+                return ["yes", "no"][:floor] + [f"option {i}" for i in range(3, floor + 1)]
+            want = self.rng.randint(3, 4) if answer_type in (None, "multiple_choice") else 0
+            count = max(floor, min(high, want))
+            pool = self.prompt_words + [w for w in _FALLBACK_WORDS if w not in self.prompt_words]
+            return self.rng.sample(pool, min(count, len(pool)))
+        count = self.rng.randint(low, high)
+        return [self.value(items, name, depth + 1, {}) for _ in range(count)]
+
+    def _number(self, schema: dict[str, Any], integer: bool) -> int | float:
+        low, high = _key(schema, "minimum"), _key(schema, "maximum")
+        ex_low, ex_high = _key(schema, "exclusiveMinimum"), _key(schema, "exclusiveMaximum")
+        if isinstance(ex_low, (int, float)) and not isinstance(ex_low, bool):
+            low = ex_low + (1 if integer else 1e-3)
+        if isinstance(ex_high, (int, float)) and not isinstance(ex_high, bool):
+            high = ex_high - (1 if integer else 1e-3)
+        if low is None:
+            low = 0 if high is None or high >= 0 else high - 10
+        if high is None:
+            high = low + (10 if integer else 1)
+        if integer:
+            return self.rng.randint(math.ceil(low), max(math.ceil(low), math.floor(high)))
+        return min(max(round(self.rng.uniform(low, high), 3), low), high)
+
+    def _string(self, schema: dict[str, Any], name: str, siblings: dict[str, Any]) -> str:
+        if name == "answer":
+            choices = siblings.get("choices")
+            if isinstance(choices, list) and choices and all(isinstance(c, str) for c in choices):
+                return self.rng.choice(choices)
+            if siblings.get("answer_type") == "yes_no":
+                return self.rng.choice(["yes", "no"])
+        fmt = _key(schema, "format")
+        if fmt in ("date-time", "date"):
+            day = f"2026-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}"
+            return day if fmt == "date" else f"{day}T{self.rng.randint(0, 23):02d}:00:00Z"
+        if name == "value":  # fills a template's blank: one word keeps failure keys few and readable
+            return self._pick_words(1, 1)
+        label = name.replace("_", " ").strip() or "text"
+        text = f"{label}: {self._pick_words(2, 4)}"
+        if name == "completion" and isinstance(siblings.get("value"), str):
+            text = f"{text} ({siblings['value']})"
+        if "question" in name:
+            text += "?"
+        min_len, max_len = _key(schema, "minLength"), _key(schema, "maxLength")
+        while min_len is not None and len(text) < int(min_len):
+            text += " " + self._pick_words(1, 2)
+        return text[: int(max_len)] if max_len is not None else text
+
+
+# --------------------------------------------------------------------------- the request
+
+
+class _BadRequest(Exception):
+    """The body is not a request Gemini would accept: answered 400 INVALID_ARGUMENT."""
+
+
+def _read_prompt(body: Any) -> tuple[str, int]:
+    """The request's text (contents and system instruction) and its number of media parts."""
+    if not isinstance(body, dict):
+        raise _BadRequest("The request body must be a JSON object.")
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise _BadRequest("* GenerateContentRequest.contents: contents is not specified")
+    texts: list[str] = []
+    media = 0
+    system = _key(body, "systemInstruction")
+    blocks = [*contents, *([system] if isinstance(system, dict) else [])]
+    for block in blocks:
+        parts = block.get("parts") if isinstance(block, dict) else None
+        if not isinstance(parts, list) or not parts:
+            raise _BadRequest("* GenerateContentRequest.contents.parts: contents.parts must not be empty.")
+        for part in parts:
+            if not isinstance(part, dict):
+                raise _BadRequest("Each part must be a JSON object.")
+            inline = _key(part, "inlineData")
+            if isinstance(part.get("text"), str):
+                texts.append(part["text"])
+            elif isinstance(inline, dict):
+                mime = str(_key(inline, "mimeType") or "")
+                if not mime.startswith(_MEDIA_PREFIXES):
+                    raise _BadRequest(f"Unsupported MIME type: {mime or '(none)'}")
+                try:
+                    base64.b64decode(str(inline.get("data", "")), validate=True)
+                except (binascii.Error, ValueError):
+                    raise _BadRequest("Invalid value at 'contents.parts.inline_data.data': not base64.") from None
+                media += 1
+            elif isinstance(_key(part, "fileData"), dict):
+                media += 1
+            else:
+                raise _BadRequest("A part must hold text, inlineData or fileData.")
+    return "\n".join(texts), media
+
+
+def _answer_text(body: dict[str, Any], prompt: str, seed: int, verify_true_rate: float) -> str:
+    """The model's reply: JSON valid against the request's schema, or plain text without one."""
+    config = _key(body, "generationConfig") or {}
+    schema = _key(config, "responseJsonSchema") or _key(config, "responseSchema")
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode() + f"|{seed}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    writer = _AnswerWriter(rng, schema if isinstance(schema, dict) else {}, prompt, verify_true_rate)
+    if isinstance(schema, dict):
+        return json.dumps(writer.value(schema))
+    if _key(config, "responseMimeType") == "application/json":
+        return json.dumps({"text": writer._string({}, "text", {})})
+    return f"Simulated reply about {writer._pick_words(3, 6)}."
+
+
+def _truncate(text: str) -> str:
+    """Cut a JSON text so that it no longer parses, as a reply cut off mid-generation would."""
+    cut = text[: max(1, len(text) // 2)]
+    try:
+        json.loads(cut)
+    except ValueError:
+        return cut
+    return cut + ","
+
+
+def _google_error(code: int, status: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+# ---------------------------------------------------------------------------- the server
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as Google's front end
+    server_version = "GeminiSimulator/1"
+    timeout = 60  # an idle keep-alive connection closes after this
+    disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # The stdlib line carries the raw request line (query string included); we log our own.
+        pass
+
+    def _send_json(self, code: int, payload: Any, path: str) -> None:
+        data = json.dumps(payload).encode()
+        logger.debug("%s %s -> %d", self.command, path, code)  # before the client can see the answer
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/stats":
+            self._send_json(200, self.server.sim.stats(), path)
+        else:
+            self._send_json(404, _google_error(404, "NOT_FOUND", f"No route for GET {path}."), path)
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        match = _GENERATE_PATH.match(path)
+        if not match:
+            message = f"No route for POST {path}; the simulator answers models/{{model}}:generateContent."
+            self._send_json(404, _google_error(404, "NOT_FOUND", message), path)
+            return
+        if not self.headers.get("x-goog-api-key"):
+            message = (
+                "Method doesn't allow unregistered callers (callers without established identity). "
+                "Please use API Key or other form of API consumer identity to call this API."
+            )
+            self._send_json(403, _google_error(403, "PERMISSION_DENIED", message), path)
+            return
+        sim = self.server.sim
+        model = match.group(2)
+        number = sim.counters.begin(model)
+        try:
+            status, payload = sim._generate(number, model, raw)
+        except Exception:
+            logger.exception("The simulator failed on request %d", number)
+            status, payload = 500, _google_error(500, "INTERNAL", "The simulator failed; see its log.")
+        sim.counters.end(status)  # counted before the client can see the answer and ask /stats
+        self._send_json(status, payload, path)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # a burst of 100+ new connections must not overflow the backlog
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], sim: GeminiSimulator) -> None:
+        self.sim = sim
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hung up (timeout, shutdown) is routine here, not a traceback on stderr.
+        logger.debug("Connection from %s ended with an error", client_address, exc_info=True)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn), which can stall.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Unblock the handler threads that wait on idle keep-alive connections."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _loopback_host(host: str) -> str:
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return host
+    except ValueError:
+        pass
+    raise ValueError(
+        f"The Gemini simulator only binds loopback addresses (127.0.0.1, ::1 or localhost), not {host!r}: "
+        "it is a test double with no real authentication and must not be reachable from other machines."
+    )
+
+
+class GeminiSimulator:
+    """A Gemini-compatible server in a background thread; use it as a context manager.
+
+    ``latency_ms`` is the mean latency (uniform jitter ±50%). ``rate_429``, ``rate_503`` and
+    ``rate_malformed`` are the fractions of requests answered with a 429 (with a ``RetryInfo``
+    of ``retry_delay_s``), a 503, or a 200 whose JSON is cut off. ``quota`` caps successful
+    answers per model; later requests get a 429 without ``RetryInfo``. Faults depend only on
+    ``seed`` and the request's number; answers only on ``seed`` and the request body.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        latency_ms: float = 0.0,
+        rate_429: float = 0.0,
+        retry_delay_s: float = 0.2,
+        rate_503: float = 0.0,
+        rate_malformed: float = 0.0,
+        quota: int | None = None,
+        verify_true_rate: float = 0.85,
+        seed: int = 0,
+    ) -> None:
+        self.host = _loopback_host(host)
+        rates = {"rate_429": rate_429, "rate_503": rate_503, "rate_malformed": rate_malformed}
+        for name, rate in {**rates, "verify_true_rate": verify_true_rate}.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {rate}.")
+        if sum(rates.values()) > 1.0:
+            raise ValueError(f"rate_429 + rate_503 + rate_malformed must be at most 1, got {sum(rates.values())}.")
+        if latency_ms < 0 or retry_delay_s < 0:
+            raise ValueError("latency_ms and retry_delay_s must not be negative.")
+        if quota is not None and quota < 0:
+            raise ValueError(f"quota must be None (unlimited) or >= 0, got {quota}.")
+        self.requested_port = port
+        self.latency_ms = latency_ms
+        self.rate_429 = rate_429
+        self.retry_delay_s = retry_delay_s
+        self.rate_503 = rate_503
+        self.rate_malformed = rate_malformed
+        self.quota = quota
+        self.verify_true_rate = verify_true_rate
+        self.seed = seed
+        self.counters = SimStats()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle
+
+    def start(self) -> GeminiSimulator:
+        if self._server is not None:
+            raise RuntimeError("The simulator is already running.")
+        self._server = _Server((self.host, self.requested_port), self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="gemini-sim", daemon=True
+        )
+        self._thread.start()
+        logger.info("Gemini simulator listening on %s", self.base_url)
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> GeminiSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("The simulator is not running: call start() or use it in a with block.")
+        return self._server.server_port
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def stats(self) -> dict[str, Any]:
+        """The counters (requests, by status, by model, in flight, tokens) as a JSON-able dict."""
+        return self.counters.snapshot()
+
+    # -- one request
+
+    def planned_fault(self, number: int) -> str | None:
+        """The fault planned for request ``number`` (0-based): "429", "503", "malformed" or None.
+
+        Quota 429s and 400s for bad requests come on top of this plan.
+        """
+        faults = random.Random(f"{self.seed}:{number}")
+        faults.uniform(0.5, 1.5)  # the latency draw comes first, as in _generate
+        return self._fault(faults)
+
+    def _fault(self, faults: random.Random) -> str | None:
+        draw = faults.random()
+        for fault, edge in (("429", self.rate_429), ("503", self.rate_503), ("malformed", self.rate_malformed)):
+            if draw < edge:
+                return fault
+            draw -= edge
+        return None
+
+    def _generate(self, number: int, model: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """Status and JSON payload for request ``number``; sleeps for its latency first."""
+        faults = random.Random(f"{self.seed}:{number}")
+        jitter = faults.uniform(0.5, 1.5)
+        if self.latency_ms:
+            time.sleep(self.latency_ms * jitter / 1000.0)
+        try:
+            body = json.loads(raw or b"null")
+            prompt, media = _read_prompt(body)
+        except (ValueError, _BadRequest) as e:
+            message = str(e) if isinstance(e, _BadRequest) else "Invalid JSON payload received."
+            return 400, _google_error(400, "INVALID_ARGUMENT", message)
+
+        fault = self._fault(faults)
+        if fault == "429":
+            retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_delay_s:g}s"}
+            message = "Resource has been exhausted (e.g. check quota). Simulated rate limit."
+            return 429, _google_error(429, "RESOURCE_EXHAUSTED", message, [retry_info])
+        if fault == "503":
+            return 503, _google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+        if not self.counters.reserve_success(model, self.quota):
+            message = f"Quota exceeded for metric: generate_content_requests, limit: {self.quota}, model: {model}."
+            return 429, _google_error(429, "RESOURCE_EXHAUSTED", message)
+
+        text = _answer_text(body, prompt, self.seed, self.verify_true_rate)
+        if fault == "malformed":
+            text = _truncate(text)
+        prompt_tokens = math.ceil(len(prompt) / 4) + TOKENS_PER_IMAGE * media
+        output_tokens = max(1, math.ceil(len(text) / 4))
+        self.counters.add_tokens(prompt_tokens, output_tokens)
+        return 200, {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {
+                "promptTokenCount": prompt_tokens,
+                "candidatesTokenCount": output_tokens,
+                "totalTokenCount": prompt_tokens + output_tokens,
+            },
+            "modelVersion": model,
+            "responseId": f"sim-{number}",
+        }
+
+
+# ----------------------------------------------------------------------- process entry
+
+
+def _write_port_file(path: str | os.PathLike[str], port: int) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, target)  # a reader never sees a half-written file
+
+
+def serve(host: str = "127.0.0.1", port: int = 8765, port_file: str | os.PathLike[str] | None = None, **options: Any) -> None:
+    """Serve until SIGINT or SIGTERM (call from the main thread).
+
+    ``port=0`` picks a free port; the chosen port is written to ``port_file`` when given, and
+    the file is removed on exit. ``options`` are :class:`GeminiSimulator`'s keyword arguments.
+    """
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with GeminiSimulator(host, port, **options) as sim:
+            if port_file is not None:
+                _write_port_file(port_file, sim.port)
+            try:
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                if port_file is not None:
+                    Path(port_file).unlink(missing_ok=True)
+            logger.info("Gemini simulator stopping: %s", json.dumps(sim.stats()))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``vlmprobe gemini-sim`` flags."""
+    parser.add_argument("--host", default="127.0.0.1", help="Loopback address to bind (default: %(default)s).")
+    parser.add_argument("--port", type=int, default=8765, help="Port; 0 picks a free one (default: %(default)s).")
+    parser.add_argument("--port-file", default=None, help="Write the chosen port to this file once listening.")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="Mean latency per request, ±50%% jitter.")
+    parser.add_argument("--rate-429", type=float, default=0.0, help="Fraction of requests answered 429 with RetryInfo.")
+    parser.add_argument("--retry-delay", type=float, default=0.2, help="RetryInfo delay of those 429s, in seconds.")
+    parser.add_argument("--rate-503", type=float, default=0.0, help="Fraction of requests answered 503 UNAVAILABLE.")
+    parser.add_argument("--rate-malformed", type=float, default=0.0, help="Fraction answered 200 with cut-off JSON.")
+    parser.add_argument("--quota", type=int, default=None, help="Successful answers per model before every request is a 429.")
+    parser.add_argument("--verify-true-rate", type=float, default=0.85, help="Chance a 'verified'/'supported' field is true.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of answers and faults (default: %(default)s).")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the simulator from parsed ``add_arguments`` flags; returns the exit status."""
+    try:
+        serve(
+            host=args.host,
+            port=args.port,
+            port_file=args.port_file,
+            latency_ms=args.latency_ms,
+            rate_429=args.rate_429,
+            retry_delay_s=args.retry_delay,
+            rate_503=args.rate_503,
+            rate_malformed=args.rate_malformed,
+            quota=args.quota,
+            verify_true_rate=args.verify_true_rate,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        logger.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    from vlmprobe.log import setup_logging
+
+    setup_logging()
+    _parser = argparse.ArgumentParser(prog="python -m vlmprobe.sim.server", description=__doc__.splitlines()[0])
+    add_arguments(_parser)
+    raise SystemExit(main(_parser.parse_args()))
