@@ -324,7 +324,9 @@ def _read_prompt(body: Any) -> tuple[str, int]:
                 if not mime.startswith(_MEDIA_PREFIXES):
                     raise _BadRequest(f"Unsupported MIME type: {mime or '(none)'}")
                 try:
-                    base64.b64decode(str(inline.get("data", "")), validate=True)
+                    # google-genai sends URL-safe base64 (-_), other clients the standard one (+/).
+                    data = str(inline.get("data", "")).replace("-", "+").replace("_", "/")
+                    base64.b64decode(data, validate=True)
                 except (binascii.Error, ValueError):
                     raise _BadRequest("Invalid value at 'contents.parts.inline_data.data': not base64.") from None
                 media += 1
