@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections import Counter
 
 import pytest
@@ -13,30 +12,7 @@ from vlmprobe.io import JsonlWriter, RunLayout, iter_json_records, iter_jsonl, l
 from vlmprobe.publish.run import publish
 from vlmprobe.sample.run import Reservoir, plan_shards, sample_keys
 
-RUN_DATE = "2026-11-25"
-
-
-def fake_probe(out: str, parquet_dir: str, per_key: dict[str, int], ranks: int = 2) -> RunLayout:
-    """Write probe/rank-*.jsonl and _SUCCESS.json as step 1 would, pointing at real parquet rows."""
-    lay = RunLayout(out, RUN_DATE)
-    files = list_files(parquet_dir, ".parquet")
-    records = []
-    for key, n in per_key.items():
-        for i in range(n):
-            records.append({"id": f"{key}-{i}", "failure_key": key, "image": {"uri": files[i % len(files)], "row": 3 + i % 5},
-                            "question": "q?", "answer": "red", "prediction": "blue",
-                            "factor": {"category": key.split(":")[0], "completion": f"c {key}"}})
-    for r in range(ranks):
-        with JsonlWriter(lay.probe_rank(r)) as w:
-            for rec in records[r::ranks]:
-                w.write(rec)
-    n = len(records)
-    write_json(lay.probe_success, {
-        "failure_files": [lay.probe_rank(r) for r in range(ranks)], "world_size": ranks, "input_files": files,
-        "counts": {"rows": n + 5, "passed": 3, "wrong": n + 1, "verified": n, "rejected": 1, "errors": 1},
-        "tokens": {"prompt_tokens": 1000, "output_tokens": 100}, "target_model": "tiny", "teacher_model": "gemini-2.5-flash",
-        "elapsed_s": 1.0})
-    return lay
+from fakes import RUN_DATE, fake_probe
 
 
 def test_reservoir_is_uniform_and_seeded():
