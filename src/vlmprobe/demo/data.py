@@ -241,6 +241,7 @@ def build_tiny_llava(out_dir: str, *, image_size: int = 32, patch: int = 8, seed
     if image_size % patch:
         raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
     import torch
+    from transformers.utils import logging as hf_logging
     from transformers import (
         CLIPImageProcessorPil,  # CLIPImageProcessor needs torchvision in transformers 5
         CLIPVisionConfig,
@@ -296,6 +297,7 @@ def build_tiny_llava(out_dir: str, *, image_size: int = 32, patch: int = 8, seed
         chat_template=CHAT_TEMPLATE,
         image_token="<image>",
     )
+    hf_logging.disable_progress_bar()  # a bar for a 1 MB file is noise
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     return out_dir

@@ -122,6 +122,17 @@ class SimStats:
 # ------------------------------------------------------------------- schema-driven answers
 
 
+# Question words → the factor the simulator blames (vlmprobe's v1 categories).
+_QUESTION_FACTORS = (
+    (("color", "colour"), "color"),
+    (("how many", "count", "number of"), "count"),
+    (("left", "right", "top", "bottom", "above", "below", "next to"), "spatial_relation"),
+    (("shape", "which"), "shape"),
+    (("read", "text", "say"), "text"),
+    (("big", "small", "large", "size"), "size"),
+)
+
+
 def _key(schema: dict[str, Any], name: str) -> Any:
     """``schema[name]`` for a camelCase keyword, also found under its snake_case spelling."""
     if name in schema:
@@ -146,6 +157,18 @@ class _AnswerWriter:
         self.root = root
         self.prompt_words = _words(prompt) or list(_FALLBACK_WORDS)
         self.verify_true_rate = verify_true_rate
+        question = re.search(r"^Question: (.*)$", prompt, re.M)
+        self.question = question.group(1) if question else ""
+        # vlmprobe's factor prompt lists templates as: - category: "template" (hint)
+        self.templates = dict(re.findall(r'^- (\w+): "([^"]*)"', prompt, re.M))
+
+    def _category_for_question(self, enum: list[Any]) -> Any:
+        """A plausible probing factor for the prompt's question, so failure keys repeat like real ones."""
+        q = self.question.lower()
+        for words, category in _QUESTION_FACTORS:
+            if category in enum and any(w in q for w in words) and self.rng.random() < 0.8:
+                return category
+        return self.rng.choice(list(enum))
 
     def _resolve(self, schema: Any) -> dict[str, Any]:
         if not isinstance(schema, dict):
@@ -182,6 +205,8 @@ class _AnswerWriter:
             return schema["const"]
         enum = _key(schema, "enum")
         if enum:
+            if name == "category" and self.question:
+                return self._category_for_question(list(enum))
             return self.rng.choice(list(enum))
         options = _key(schema, "anyOf") or _key(schema, "oneOf")
         if options:
@@ -278,7 +303,11 @@ class _AnswerWriter:
             day = f"2026-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}"
             return day if fmt == "date" else f"{day}T{self.rng.randint(0, 23):02d}:00:00Z"
         if name == "value":  # fills a template's blank: one word keeps failure keys few and readable
-            return self._pick_words(1, 1)
+            subject = _words(self.question)
+            return subject[-1] if subject else self._pick_words(1, 1)
+        template = self.templates.get(siblings.get("category", ""))
+        if name == "completion" and template and isinstance(siblings.get("value"), str):
+            return template.replace("{value}", siblings["value"])
         label = name.replace("_", " ").strip() or "text"
         text = f"{label}: {self._pick_words(2, 4)}"
         if name == "completion" and isinstance(siblings.get("value"), str):
