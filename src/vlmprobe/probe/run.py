@@ -91,11 +91,11 @@ def to_example(row: Row) -> Example:
 class RankProbe:
     """One rank's work: target batches in a worker thread, teacher calls on the event loop."""
 
-    def __init__(self, cfg: ProbeConfig, rank: int, target, teacher, failures: JsonlWriter,
-                 errors: JsonlWriter) -> None:
+    def __init__(self, cfg: ProbeConfig, rank: int, target, failures: JsonlWriter, errors: JsonlWriter) -> None:
         from vlmprobe.teacher.templates import load_templates
 
-        self.cfg, self.rank, self.target, self.teacher = cfg, rank, target, teacher
+        self.cfg, self.rank, self.target = cfg, rank, target
+        self.teacher = None  # set by run(), inside the client's context
         self.templates = load_templates(cfg.template_version)
         self.failures, self.errors = failures, errors
         self.counts: Counter[str] = Counter()
@@ -211,7 +211,14 @@ class RankProbe:
             self.counts["rejected"] += 1
 
     # -- the loop ----------------------------------------------------------------------------
-    async def run(self, files: list[str]) -> None:
+    async def run(self, files: list[str]) -> dict[str, Any]:
+        """Probe ``files`` with one teacher client; returns the client's stats."""
+        async with make_teacher(self.cfg) as teacher:
+            self.teacher = teacher
+            await self._probe(files)
+            return dict(teacher.stats)
+
+    async def _probe(self, files: list[str]) -> None:
         from vlmprobe.target.answers import is_correct
 
         # Backpressure: at most this many failures wait for the teacher at once.
@@ -243,12 +250,6 @@ class RankProbe:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-
-    async def run_with_teacher(self, files: list[str], teacher_factory) -> dict[str, Any]:
-        async with teacher_factory() as teacher:
-            self.teacher = teacher
-            await self.run(files)
-            return dict(teacher.stats) if hasattr(teacher, "stats") else {}
 
 
 def _clear_previous_outputs(layout: RunLayout) -> None:
@@ -304,8 +305,8 @@ def _run_rank(cfg: ProbeConfig, rank: int, world_size: int, distributed: bool) -
 
     target = load_target(cfg.target_model, max_new_tokens=cfg.max_new_tokens)
     with JsonlWriter(layout.probe_rank(rank)) as failures, JsonlWriter(layout.probe_errors(rank)) as errors:
-        probe = RankProbe(cfg, rank, target, None, failures, errors)
-        teacher_stats = asyncio.run(probe.run_with_teacher(mine, lambda: make_teacher(cfg)))
+        probe = RankProbe(cfg, rank, target, failures, errors)
+        teacher_stats = asyncio.run(probe.run(mine))
     c = probe.counts
     if c["rows"] != c["passed"] + c["verified"] + c["rejected"] + c["errors"]:
         raise RuntimeError(f"rank {rank} lost records: {dict(c)}")
