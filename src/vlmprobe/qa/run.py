@@ -71,6 +71,13 @@ class ShardQA:
         self.error_reasons[reason] += 1
 
     async def handle(self, rec: dict[str, Any], image: bytes | Exception) -> None:
+        """One failure → QA items or one error row; the progress bar moves when it is done."""
+        try:
+            await self._handle(rec, image)
+        finally:
+            self.progress.update(1)
+
+    async def _handle(self, rec: dict[str, Any], image: bytes | Exception) -> None:
         from vlmprobe.images import decode
         from vlmprobe.teacher.client import TeacherError
         from vlmprobe.teacher.prompts import qa_prompt
@@ -83,8 +90,6 @@ class ShardQA:
         except (ValueError, OSError, KeyError, IndexError) as e:
             self._error(rec, "image_unreadable", str(e))
             return
-        finally:
-            self.progress.update(1)
         factor = rec["factor"]
         prompt = qa_prompt(rec["question"], rec["answer"], rec["prediction"], rec["failure_key"],
                            factor["completion"], self.cfg.max_items)
