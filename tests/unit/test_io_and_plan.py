@@ -87,3 +87,12 @@ def test_image_cell_by_relative_path(tmp_path):
     assert image_bytes(b"raw", "unused") == b"raw"
     with pytest.raises(ValueError):
         image_bytes({"bytes": None, "path": None}, "x")
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_json_array_writer_streams_a_valid_array(tmp_path, n):
+    uri = str(tmp_path / "f.json")
+    with JsonlWriter(uri, json_array=True) as w:
+        for i in range(n):
+            w.write({"i": i})
+    assert json.loads((tmp_path / "f.json").read_text()) == [{"i": i} for i in range(n)]

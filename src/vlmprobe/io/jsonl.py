@@ -13,28 +13,38 @@ from vlmprobe.io.fs import atomic_write, resolve
 class JsonlWriter:
     """Write records one per line to ``uri``; the file appears only when the writer closes cleanly.
 
-    Use as a context manager. ``count`` is the number of records written. ``write`` is
-    thread-safe: a step may write from its event loop and from a worker thread.
+    With ``json_array=True`` the file is one JSON array instead, still written record by record
+    (never held in memory). Use as a context manager; ``count`` is the number of records written.
+    ``write`` is thread-safe: a step may write from its event loop and from a worker thread.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, *, json_array: bool = False) -> None:
         self.uri = uri
         self.count = 0
+        self.json_array = json_array
         self._cm = atomic_write(uri)
         self._f = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> JsonlWriter:
         self._f = self._cm.__enter__()
+        if self.json_array:
+            self._f.write("[")
         return self
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        line = json.dumps(record, ensure_ascii=False, default=str)
         with self._lock:
-            self._f.write(line)
+            if self.json_array:
+                self._f.write(",\n" if self.count else "\n")
+                self._f.write(line)
+            else:
+                self._f.write(line + "\n")
             self.count += 1
 
     def __exit__(self, *exc) -> bool:
+        if self.json_array and exc[0] is None:
+            self._f.write("\n]\n")
         return bool(self._cm.__exit__(*exc))
 
 

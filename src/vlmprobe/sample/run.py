@@ -19,12 +19,13 @@ from collections import defaultdict
 from typing import Any
 
 from vlmprobe.config import SampleConfig
-from vlmprobe.io import JsonlWriter, RunLayout, atomic_write, exists, iter_jsonl, read_json, write_json
+from vlmprobe.io import JsonlWriter, RunLayout, exists, iter_jsonl, read_json, write_json
 from vlmprobe.io.fs import remove_file
 from vlmprobe.records import error_record
 from vlmprobe.rundate import derive_seed
 
 log = logging.getLogger("vlmprobe.sample")
+EMBED_CHUNK = 512  # records whose images are read and written together
 
 
 class Reservoir:
@@ -57,31 +58,35 @@ def plan_shards(total: int, num_shards: int) -> list[dict[str, int]]:
 
 
 def _embed(records: list[dict[str, Any]], errors: JsonlWriter, run_date: str) -> list[dict[str, Any]]:
-    """Attach base64 image bytes to each record (reading each file's rows once)."""
+    """Copies of ``records`` with base64 image bytes, reading each file's rows once.
+
+    A record whose image cannot be read goes to ``errors`` with the reason instead.
+    """
     from vlmprobe.io.parquet import cell_image_bytes, read_cells
+
+    def fail(r: dict[str, Any], detail: str) -> None:
+        errors.write(error_record("sample", "image_unreadable", detail, id=r["id"], image=r["image"],
+                                  failure_key=r["failure_key"], run_date=run_date))
 
     by_file: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_file[r["image"]["uri"]].append(r)
-    kept_ids = set()
+    embedded: dict[int, dict[str, Any]] = {}
     for uri, recs in by_file.items():
         try:
             cells = read_cells(uri, [r["image"]["row"] for r in recs], ["image"])
         except Exception as e:  # the whole file is unreadable now: each record gets the reason
             for r in recs:
-                errors.write(error_record("sample", "image_unreadable", f"{uri}: {e}", id=r["id"],
-                                          image=r["image"], failure_key=r["failure_key"], run_date=run_date))
+                fail(r, f"{uri}: {e}")
             continue
         for r in recs:
             try:
                 data = cell_image_bytes(cells, r["image"]["row"], uri)
             except (ValueError, OSError) as e:
-                errors.write(error_record("sample", "image_unreadable", str(e), id=r["id"],
-                                          image=r["image"], failure_key=r["failure_key"], run_date=run_date))
+                fail(r, str(e))
                 continue
-            r["image_b64"] = base64.b64encode(data).decode("ascii")
-            kept_ids.add(id(r))
-    return [r for r in records if id(r) in kept_ids]
+            embedded[id(r)] = {**r, "image_b64": base64.b64encode(data).decode("ascii")}
+    return [embedded[id(r)] for r in records if id(r) in embedded]
 
 
 def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
@@ -107,32 +112,28 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
 
     other_format = "json" if cfg.error_output_format == "jsonl" else "jsonl"
     remove_file(layout.sampled_failures(other_format))  # a rerun in the other format must not leave both
-    with JsonlWriter(layout.sample_errors) as errors:
-        if cfg.embed_images:
-            selected = _embed(selected, errors, cfg.run_date)
-        failures_uri = layout.sampled_failures(cfg.error_output_format)
-        if cfg.error_output_format == "jsonl":
-            with JsonlWriter(failures_uri) as out:
-                for r in selected:
-                    out.write(r)
-        else:
-            import json
-
-            with atomic_write(failures_uri) as f:
-                json.dump(selected, f, ensure_ascii=False)
-    shards = plan_shards(len(selected), cfg.num_shards)
+    failures_uri = layout.sampled_failures(cfg.error_output_format)
+    with JsonlWriter(layout.sample_errors) as errors, \
+            JsonlWriter(failures_uri, json_array=cfg.error_output_format == "json") as out:
+        # Images are embedded a chunk at a time, so memory holds one chunk of pixels, not all.
+        for start in range(0, len(selected), EMBED_CHUNK):
+            chunk = selected[start:start + EMBED_CHUNK]
+            for r in _embed(chunk, errors, cfg.run_date) if cfg.embed_images else chunk:
+                out.write(r)
+    sampled = out.count
+    shards = plan_shards(sampled, cfg.num_shards)
     per_key = {key: {"seen": res.seen, "kept": len(res.items)} for key, res in sorted(reservoirs.items())}
     plan = {
         "run_date": cfg.run_date,
         "failures_uri": failures_uri,
         "format": cfg.error_output_format,
         "embed_images": cfg.embed_images,
-        "total": len(selected),
+        "total": sampled,
         "num_shards": len(shards),
         "shards": shards,
         "counts": {
             "input_failures": seen,
-            "sampled": len(selected),
+            "sampled": sampled,
             "over_cap": over_cap,
             "errors": errors.count,
             "keys": len(reservoirs),
@@ -141,10 +142,10 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         "samples_per_key": cfg.samples_per_key,
         "seed": cfg.seed,
     }
-    if seen != len(selected) + over_cap + errors.count:
+    if seen != sampled + over_cap + errors.count:
         raise RuntimeError(f"sample_keys lost records: {plan['counts']}")
     write_json(layout.shard_plan, plan)
     log.info("sampled %d of %d failures over %d keys into %d shard(s); %d error(s)",
-             len(selected), seen, len(reservoirs), len(shards), errors.count)
+             sampled, seen, len(reservoirs), len(shards), errors.count)
     # The plan minus the per-key table: small enough for XCom at the 256-shard bound.
     return {"shard_plan_uri": layout.shard_plan, **{k: v for k, v in plan.items() if k != "per_key"}}
