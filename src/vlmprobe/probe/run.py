@@ -39,6 +39,7 @@ from vlmprobe.teacher.factory import make_teacher
 log = logging.getLogger("vlmprobe.probe")
 
 _KNOWN_COLUMNS = {*REQUIRED_COLUMNS, "id", "choices"}
+PROGRESS_EVERY_S = 30.0  # one progress line per rank this often: pod logs stay readable
 
 
 @dataclass
@@ -218,13 +219,19 @@ class RankProbe:
             await self._probe(files)
             return dict(teacher.stats)
 
+    def _log_progress(self, started: float) -> None:
+        c = self.counts
+        log.info("%d rows: %d passed, %d wrong (%d verified, %d rejected so far), %d errors; %.1f rows/s",
+                 c["rows"], c["passed"], c["wrong"], c["verified"], c["rejected"], c["errors"],
+                 c["rows"] / max(time.monotonic() - started, 1e-9))
+
     async def _probe(self, files: list[str]) -> None:
         from vlmprobe.target.answers import is_correct
 
         # Backpressure: at most this many failures wait for the teacher at once.
         room = asyncio.Semaphore(max(4 * self.cfg.concurrency, self.cfg.failure_batch_size))
         in_flight: set[asyncio.Task] = set()
-        started = time.monotonic()
+        started = last_log = time.monotonic()
         batches = self._batches(files)
         while True:
             batch = await asyncio.to_thread(next, batches, None)
@@ -242,11 +249,11 @@ class RankProbe:
                 task = asyncio.create_task(self._explain(ex, pred))
                 in_flight.add(task)
                 task.add_done_callback(lambda t: (in_flight.discard(t), room.release()))
-            c = self.counts
-            log.info("%d rows: %d passed, %d wrong (%d verified, %d rejected so far), %d errors; %.1f rows/s",
-                     c["rows"], c["passed"], c["wrong"], c["verified"], c["rejected"], c["errors"],
-                     c["rows"] / max(time.monotonic() - started, 1e-9))
+            if time.monotonic() - last_log >= PROGRESS_EVERY_S:
+                last_log = time.monotonic()
+                self._log_progress(started)
         results = await asyncio.gather(*in_flight, return_exceptions=True)
+        self._log_progress(started)
         for r in results:
             if isinstance(r, BaseException):
                 raise r

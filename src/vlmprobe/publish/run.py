@@ -94,6 +94,11 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
         "qa": {"counts": dict(qa_counts), "error_reasons": dict(reasons), "tokens": dict(qa_tokens),
                "shards": shards},
         "tokens": {"prompt_tokens": tokens["prompt_tokens"], "output_tokens": tokens["output_tokens"]},
+        "timings_s": {
+            "probe": probe["elapsed_s"],
+            "qa_slowest_shard": max((s["elapsed_s"] for s in shards), default=0.0),
+            "qa_all_shards": round(sum(s["elapsed_s"] for s in shards), 3),
+        },
         "estimated_cost_usd": estimate_cost(model, tokens["prompt_tokens"], tokens["output_tokens"]),
         "outputs": {
             "qa": [s["uri"] for s in shards],
