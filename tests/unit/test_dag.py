@@ -68,24 +68,20 @@ def test_good_conf_is_accepted(dag):
 
 
 PARSE_PROBE = r"""
-import importlib.util, json, sys, time
+import importlib.util, json, sys
 sys.path.insert(0, {repo!r})
-import airflow.sdk  # the DAG processor has this loaded already
-t = time.perf_counter()
 spec = importlib.util.spec_from_file_location("vlm_failure_pipeline", {path!r})
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
-elapsed = time.perf_counter() - t
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers") or m.startswith("google.genai"))
-print(json.dumps({{"elapsed": elapsed, "heavy": heavy}}))
+print(json.dumps(heavy))
 """
 
 
-def test_parse_is_cheap_and_imports_no_ml_stack():
+def test_parsing_imports_no_ml_stack():
+    # Parse time itself is measured by bench/bench_dag_parse.py, not asserted here.
     code = PARSE_PROBE.format(repo=str(REPO), path=str(REPO / "dags" / "vlm_failure_pipeline.py"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["heavy"] == []
-    assert result["elapsed"] < 2.0, result
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def test_run_date_template_for_scheduled_and_manual_runs(dag):
