@@ -133,6 +133,9 @@ _QUESTION_FACTORS = (
 )
 
 
+_YES_NO_PROBES = ("on the left", "larger than the others", "red", "fully visible", "at the top", "blue")
+
+
 def _key(schema: dict[str, Any], name: str) -> Any:
     """``schema[name]`` for a camelCase keyword, also found under its snake_case spelling."""
     if name in schema:
@@ -161,6 +164,10 @@ class _AnswerWriter:
         self.question = question.group(1) if question else ""
         # vlmprobe's factor prompt lists templates as: - category: "template" (hint)
         self.templates = dict(re.findall(r'^- (\w+): "([^"]*)"', prompt, re.M))
+        # vlmprobe's QA prompt names the failure as: Factor category:value: completion
+        factor = re.search(r"^Factor (\w+):(\w+):", prompt, re.M)
+        self.factor = (factor.group(1), factor.group(2).replace("_", " ")) if factor else None
+        self.asked: set[str] = set()  # yes/no probes already used in this answer
 
     def _category_for_question(self, enum: list[Any]) -> Any:
         """A plausible probing factor for the prompt's question, so failure keys repeat like real ones."""
@@ -192,6 +199,18 @@ class _AnswerWriter:
                 merged = {**merged, **sub, "properties": props, "required": required}
             schema = merged
         return schema
+
+    def _factor_question(self, answer_type: Any) -> str:
+        """A question about the failure's factor, shaped like the answer type asks for."""
+        category, value = self.factor
+        if answer_type == "yes_no":
+            left = [p for p in _YES_NO_PROBES if p not in self.asked] or list(_YES_NO_PROBES)
+            probe = self.rng.choice(left)
+            self.asked.add(probe)
+            return f"Is the {value} {probe}?"
+        ask = {"color": "What color is the", "count": "How many are there of the", "shape": "What shape is the",
+               "spatial_relation": "Where is the", "size": "How large is the"}.get(category, "What is notable about the")
+        return f"{ask} {value}?"
 
     def _pick_words(self, low: int, high: int) -> str:
         k = min(self.rng.randint(low, high), len(self.prompt_words))
@@ -298,16 +317,21 @@ class _AnswerWriter:
                 return self.rng.choice(choices)
             if siblings.get("answer_type") == "yes_no":
                 return self.rng.choice(["yes", "no"])
+            if siblings.get("answer_type") == "open":
+                return self._pick_words(1, 2)  # short answers, as the prompt asks
         fmt = _key(schema, "format")
         if fmt in ("date-time", "date"):
             day = f"2026-{self.rng.randint(1, 12):02d}-{self.rng.randint(1, 28):02d}"
             return day if fmt == "date" else f"{day}T{self.rng.randint(0, 23):02d}:00:00Z"
         if name == "value":  # fills a template's blank: one word keeps failure keys few and readable
-            subject = _words(self.question)
+            the = re.search(r"\bthe ([A-Za-z]+)", self.question)  # "the circle": the question's subject
+            subject = [the.group(1).lower()] if the else _words(self.question)
             return subject[-1] if subject else self._pick_words(1, 1)
         template = self.templates.get(siblings.get("category", ""))
         if name == "completion" and template and isinstance(siblings.get("value"), str):
             return template.replace("{value}", siblings["value"])
+        if name == "question" and self.factor:
+            return self._factor_question(siblings.get("answer_type"))
         label = name.replace("_", " ").strip() or "text"
         text = f"{label}: {self._pick_words(2, 4)}"
         if name == "completion" and isinstance(siblings.get("value"), str):
