@@ -30,6 +30,7 @@ def _torchrun(nproc: int, out: Path, parquet: str, model: str, sim, sample_size:
 def test_two_ranks_probe_every_row_once(tmp_path, demo_parquet, tiny_llava, gemini_sim):
     proc = _torchrun(2, tmp_path, demo_parquet, tiny_llava, gemini_sim)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "backend=gloo world_size=2" in proc.stderr
     root = tmp_path / RUN_DATE
     success = read_json(str(root / "probe" / "_SUCCESS.json"))
     c = success["counts"]

@@ -283,8 +283,9 @@ def main(cfg: ProbeConfig) -> dict[str, Any] | None:
         if distributed:
             if cuda:
                 torch.cuda.set_device(local_rank)
-            dist.init_process_group("nccl" if cuda else "gloo",
-                                    timeout=dt.timedelta(seconds=cfg.pg_timeout_s))
+            backend = "nccl" if cuda else "gloo"
+            dist.init_process_group(backend, timeout=dt.timedelta(seconds=cfg.pg_timeout_s))
+            log.info("process group: backend=%s world_size=%d timeout=%ds", backend, world_size, cfg.pg_timeout_s)
         try:
             return _run_rank(cfg, rank, world_size, distributed)
         finally:
