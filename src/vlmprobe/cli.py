@@ -57,7 +57,7 @@ def _emit(result: Any) -> None:
     text = json.dumps(result, sort_keys=True, default=str)
     print(text, flush=True)
     xcom_file = os.environ.get(XCOM_FILE_ENV)
-    if xcom_file:
+    if xcom_file and result is not None:  # under torchrun only rank 0 has a result
         os.makedirs(os.path.dirname(xcom_file) or ".", exist_ok=True)
         with open(xcom_file, "w") as f:
             f.write(text)
