@@ -44,7 +44,7 @@ def test_two_ranks_probe_every_row_once(tmp_path, demo_parquet, tiny_llava, gemi
     failures = [r for f in success["failure_files"] for r in iter_jsonl(f)]
     errors = [e for f in success["error_files"] for e in iter_jsonl(f)]
     assert len(failures) == c["verified"] > 0
-    assert len(errors) == c["errors"] + c["rejected"]
+    assert len(errors) == c["errors"] + c["rejected"] + c["bad_files"]
     reasons = {e["reason"] for e in errors}
     assert {"image_unreadable", "missing_question"} <= reasons  # the demo's two bad rows
     ids = [r["id"] for r in failures] + [e["id"] for e in errors]

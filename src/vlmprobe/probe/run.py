@@ -12,7 +12,9 @@ with its reason), and ``probe/_SUCCESS.json`` written by rank 0 after all ranks 
 the counts. Safe to rerun: rank 0 first removes the step's earlier outputs for the run date,
 and every file is written under a temporary name and renamed when complete.
 
-Every row read ends as exactly one of: passed, verified failure, or error row.
+Every row read ends as exactly one of: passed, verified failure, or error row. A file that
+cannot be read (not parquet, required columns missing) gets one ``unreadable_file`` error row
+and the rank goes on with the next file.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow as pa
 
 from vlmprobe.config import ProbeConfig
 from vlmprobe.io import JsonlWriter, RunLayout, exists, list_files, remove_tree, write_json
@@ -115,18 +119,27 @@ class RankProbe:
     def _batches(self, files: list[str]) -> Iterator[list[Example]]:
         batch: list[Example] = []
         for uri in files:
-            for row in iter_rows(uri, batch_rows=max(self.cfg.failure_batch_size, 64)):
+            try:
+                for row in iter_rows(uri, batch_rows=max(self.cfg.failure_batch_size, 64)):
+                    with self._lock:
+                        self.counts["rows"] += 1
+                    try:
+                        batch.append(to_example(row))
+                    except ValueError as e:
+                        reason, detail = e.args if len(e.args) == 2 else ("bad_row", str(e))
+                        self._error(reason, detail, row, row_id(row.uri, row.row, row.cells.get("id")))
+                        continue
+                    if len(batch) == self.cfg.failure_batch_size:
+                        yield batch
+                        batch = []
+            except (ValueError, OSError, pa.ArrowException) as e:
+                # A file we cannot read (any more): one error row for it; the rows read so far stay.
+                log.error("skipping the rest of %s: %s", uri, e)
+                self.errors.write(error_record("probe", "unreadable_file", f"{type(e).__name__}: {e}",
+                                               file=uri, run_date=self.cfg.run_date, rank=self.rank))
                 with self._lock:
-                    self.counts["rows"] += 1
-                try:
-                    batch.append(to_example(row))
-                except ValueError as e:
-                    reason, detail = e.args if len(e.args) == 2 else ("bad_row", str(e))
-                    self._error(reason, detail, row, row_id(row.uri, row.row, row.cells.get("id")))
-                    continue
-                if len(batch) == self.cfg.failure_batch_size:
-                    yield batch
-                    batch = []
+                    self.counts["bad_files"] += 1
+                    self.error_reasons["unreadable_file"] += 1
         if batch:
             yield batch
 
@@ -323,7 +336,7 @@ def _run_rank(cfg: ProbeConfig, rank: int, world_size: int, distributed: bool) -
         "files": mine,
         "failures_uri": layout.probe_rank(rank),
         "errors_uri": layout.probe_errors(rank),
-        "counts": {k: c[k] for k in ("rows", "passed", "wrong", "verified", "rejected", "errors")},
+        "counts": {k: c[k] for k in ("rows", "passed", "wrong", "verified", "rejected", "errors", "bad_files")},
         "error_reasons": dict(probe.error_reasons),
         "tokens": dict(probe.tokens),
         "teacher": teacher_stats,
