@@ -96,3 +96,20 @@ def test_json_array_writer_streams_a_valid_array(tmp_path, n):
         for i in range(n):
             w.write({"i": i})
     assert json.loads((tmp_path / "f.json").read_text()) == [{"i": i} for i in range(n)]
+
+
+def test_json_array_reader_streams_across_chunks(tmp_path):
+    from vlmprobe.io.jsonl import iter_json_array
+
+    records = [{"i": i, "text": "x" * (i * 7), "nested": {"a": [1, 2, {"b": "]"}]}} for i in range(40)]
+    p = tmp_path / "a.json"
+    p.write_text(json.dumps(records, indent=1))
+    assert list(iter_json_array(str(p), chunk_chars=13)) == records  # chunks far smaller than a record
+    p.write_text("[]")
+    assert list(iter_json_array(str(p))) == []
+    p.write_text('[{"a": 1}, {"a": ')
+    with pytest.raises(ValueError, match="not a complete JSON array"):
+        list(iter_json_array(str(p), chunk_chars=4))
+    p.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="JSON array"):
+        list(iter_json_array(str(p)))

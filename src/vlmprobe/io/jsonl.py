@@ -62,14 +62,40 @@ def iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
                     raise ValueError(f"{uri} line {lineno} is not JSON: {e}") from e
 
 
-def iter_json_records(uri: str) -> Iterator[dict[str, Any]]:
-    """Records of a ``.jsonl`` file (streamed) or of a ``.json`` file holding one array."""
-    if uri.endswith(".json"):
-        from vlmprobe.io.fs import read_json
+def iter_json_array(uri: str, chunk_chars: int = 1 << 20) -> Iterator[Any]:
+    """Stream the elements of a file holding one JSON array, a chunk at a time."""
+    decoder = json.JSONDecoder()
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as raw:
+        import io
 
-        data = read_json(uri)
-        if not isinstance(data, list):
-            raise ValueError(f"{uri} should hold a JSON array of records")
-        yield from data
-    else:
-        yield from iter_jsonl(uri)
+        text = io.TextIOWrapper(raw, encoding="utf-8")
+        buf, pos, started, eof = "", 0, False, False
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n,":
+                pos += 1
+            if not started and pos < len(buf):
+                if buf[pos] != "[":
+                    raise ValueError(f"{uri} should hold a JSON array of records")
+                started, pos = True, pos + 1
+                continue
+            if started and pos < len(buf) and buf[pos] == "]":
+                return
+            try:
+                if pos >= len(buf):
+                    raise json.JSONDecodeError("need more", buf, pos)
+                item, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as e:
+                if eof:
+                    raise ValueError(f"{uri} is not a complete JSON array: {e}") from e
+                chunk = text.read(chunk_chars)
+                eof = not chunk
+                buf, pos = buf[pos:] + chunk, 0
+                continue
+            yield item
+            pos = end
+
+
+def iter_json_records(uri: str) -> Iterator[dict[str, Any]]:
+    """Records of a ``.jsonl`` file or of a ``.json`` file holding one array, both streamed."""
+    return iter_json_array(uri) if uri.endswith(".json") else iter_jsonl(uri)
