@@ -91,3 +91,55 @@ def test_clean_items_keeps_consistent_pairs():
     assert [(k["answer_type"], k["answer"], k["choices"]) for k in kept] == [
         ("yes_no", "yes", ["yes", "no"]), ("multiple_choice", "blue", ["red", "blue"]), ("open", "3", [])]
     assert len(dropped) == 2
+
+
+def test_a_retried_shard_resumes_from_its_checkpoint(tmp_path, demo_parquet, monkeypatch):
+    from vlmprobe.qa import run as qa_run
+    from vlmprobe.sim.server import GeminiSimulator
+
+    lay = _setup(tmp_path, demo_parquet)
+    shard = read_json(lay.shard_plan)["shards"][0]
+    assert shard["count"] >= 3
+    cfg = dict(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, batch_size=1, concurrency=2)
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    real_batch = qa_run.ShardQA.batch
+    calls = {"n": 0}
+
+    async def crash_on_third_batch(self, records):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("pod evicted")
+        return await real_batch(self, records)
+
+    with GeminiSimulator(port=0, seed=2) as sim:
+        monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
+        monkeypatch.setattr(qa_run.ShardQA, "batch", crash_on_third_batch)
+        with pytest.raises(RuntimeError, match="pod evicted"):
+            run_shard(QAConfig(**cfg))
+        assert not (tmp_path / RUN_DATE / "qa" / "shard-00000.jsonl").exists()
+        first = sim.stats()["requests"]
+        monkeypatch.setattr(qa_run.ShardQA, "batch", real_batch)
+        resumed = run_shard(QAConfig(**cfg))
+        second = sim.stats()["requests"] - first
+    c = resumed["counts"]
+    assert c["resumed"] == 2  # the two batches finished before the crash were not asked again
+    assert c["failures"] == shard["count"] == c["failures_with_items"] + c["errors"]
+    items = list(iter_jsonl(lay.qa_shard(0)))
+    assert len(items) == c["items"] and len({i["id"] for i in items}) == len(items)  # nothing twice
+    assert not (tmp_path / RUN_DATE / "qa" / "_checkpoint-00000").exists()
+
+    # a checkpoint left by other settings is another job: discarded, not mixed in
+    calls["n"] = 0
+    monkeypatch.setattr(qa_run.ShardQA, "batch", crash_on_third_batch)
+    with GeminiSimulator(port=0, seed=2) as sim, pytest.raises(RuntimeError, match="pod evicted"):
+        monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
+        run_shard(QAConfig(**cfg))
+    monkeypatch.setattr(qa_run.ShardQA, "batch", real_batch)
+    assert (tmp_path / RUN_DATE / "qa" / "_checkpoint-00000" / "batch-00001.jsonl").exists()
+    with GeminiSimulator(port=0, seed=2) as sim:
+        monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
+        fresh = run_shard(QAConfig(**{**cfg, "batch_size": 3}))
+        everything = sim.stats()["requests"]
+    assert fresh["counts"]["resumed"] == 0
+    assert first + second == everything and 0 < second < everything  # the retry asked only for the rest
+    assert fresh["counts"]["items"] == c["items"]
