@@ -42,3 +42,23 @@ def test_bad_files_and_rows_are_error_rows(tmp_path, messy_input, tiny_llava, ge
     rejected = [e for e in errors if e["reason"] == "factor_not_verified"]
     assert len(rejected) == c["rejected"] and all(e["failure"]["prediction"] is not None for e in rejected)
     assert success["tokens"]["prompt_tokens"] > 0 and success["teacher_model"] == cfg.gemini_model
+
+
+def test_a_bug_while_explaining_fails_the_step_loudly(tmp_path, demo_parquet, tiny_llava, gemini_sim, monkeypatch):
+    from vlmprobe.probe import run as probe_run
+
+    for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(var, raising=False)
+    real = probe_run.RankProbe._explain
+
+    async def explain_with_a_bug(self, ex, prediction):
+        if ex.id.endswith("0005"):
+            raise KeyError("a bug")
+        await real(self, ex, prediction)
+
+    monkeypatch.setattr(probe_run.RankProbe, "_explain", explain_with_a_bug)
+    cfg = ProbeConfig(input_uri=demo_parquet, output_uri=str(tmp_path), run_date=RUN_DATE,
+                      target_model=tiny_llava, failure_batch_size=8, concurrency=4)
+    with pytest.raises(KeyError, match="a bug"):
+        main(cfg)
+    assert not (tmp_path / RUN_DATE / "probe" / "_SUCCESS.json").exists()

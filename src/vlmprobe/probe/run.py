@@ -244,6 +244,14 @@ class RankProbe:
         # Backpressure: at most this many failures wait for the teacher at once.
         room = asyncio.Semaphore(max(4 * self.cfg.concurrency, self.cfg.failure_batch_size))
         in_flight: set[asyncio.Task] = set()
+        crashed: list[BaseException] = []  # a bug in _explain must fail the step, not vanish
+
+        def finished(task: asyncio.Task) -> None:
+            in_flight.discard(task)
+            room.release()
+            if not task.cancelled() and task.exception() is not None:
+                crashed.append(task.exception())
+
         started = last_log = time.monotonic()
         batches = self._batches(files)
         while True:
@@ -261,15 +269,16 @@ class RankProbe:
                 await room.acquire()
                 task = asyncio.create_task(self._explain(ex, pred))
                 in_flight.add(task)
-                task.add_done_callback(lambda t: (in_flight.discard(t), room.release()))
+                task.add_done_callback(finished)
             if time.monotonic() - last_log >= PROGRESS_EVERY_S:
                 last_log = time.monotonic()
                 self._log_progress(started)
-        results = await asyncio.gather(*in_flight, return_exceptions=True)
+            if crashed:
+                break
+        await asyncio.gather(*in_flight, return_exceptions=True)
         self._log_progress(started)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
+        if crashed:
+            raise crashed[0]
 
 
 def _clear_previous_outputs(layout: RunLayout) -> None:
