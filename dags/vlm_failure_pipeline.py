@@ -67,6 +67,7 @@ def vlm_failure_pipeline():
         task_id="probe",
         settings=SETTINGS,
         gpus="{{ params.nproc_per_node }}",
+        pool_slots=PARAM_SPECS["nproc_per_node"]["default"],  # GPUs at the default; pool slots are fixed at parse
         cmds=["torchrun"],
         arguments=[
             "--standalone", "--nproc_per_node={{ params.nproc_per_node }}", "--no-python", "vlmprobe", "probe",

@@ -97,6 +97,9 @@ class GpuPodOperator(KubernetesPodOperator):
             secrets=[Secret("env", GEMINI_KEY_ENV, s.gemini_secret, s.gemini_secret_key)],
             labels={"app.kubernetes.io/name": "vlmprobe", "app.kubernetes.io/component": kwargs["task_id"]},
             pool=s.gpu_pool,
+            # Pool slots count GPUs, so a backfill cannot hold more GPUs than the pool has. A
+            # templated GPU count is only known at run time: give pool_slots for it explicitly.
+            pool_slots=max(int(gpus), 1) if str(gpus).isdigit() else 1,
             do_xcom_push=True,
             get_logs=True,
             log_events_on_failure=True,

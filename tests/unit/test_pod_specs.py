@@ -92,3 +92,8 @@ def test_cpu_only_qa_pod_asks_for_no_gpu(dag):
     assert "nvidia.com/gpu" not in json.dumps(pod["spec"]["containers"][0].get("resources", {}))
     assert not pod["spec"].get("tolerations")
     kubernetes_validate.validate(pod, "1.37", strict=True)
+
+
+def test_pool_slots_count_gpus(dag):
+    assert dag.get_task("probe").pool_slots == 8
+    assert dag.get_task("qa.generate").pool_slots == 1
