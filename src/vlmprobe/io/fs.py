@@ -13,7 +13,6 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import IO, Any
 
 from pyarrow import fs as pafs
@@ -21,12 +20,6 @@ from pyarrow import fs as pafs
 
 def _is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
-
-
-@lru_cache(maxsize=64)
-def _filesystem_for(scheme_and_host: str) -> pafs.FileSystem:
-    fs, _ = pafs.FileSystem.from_uri(scheme_and_host)
-    return fs
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
