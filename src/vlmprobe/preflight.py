@@ -89,7 +89,8 @@ def check_output_writable(output_uri: str, run_date: str) -> None:
     try:
         write_json(marker, {"run_date": run_date, "check": "output writable"})
         remove_file(marker)
-    except PermissionError as e:
+    except (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError) as e:
+        # deterministic; other OSErrors (a timeout, a 503) propagate and the task's retry applies
         raise InputError(f"output_uri {output_uri} is not writable ({e}); fix its permissions or choose "
                          f"another output_uri") from None
     log.info("output %s is writable", join(output_uri, run_date))
