@@ -1,11 +1,12 @@
 # The README's two commands: `make demo` and `make test`. Each creates .venv on its own.
+# `make up` / `make down`: a local Airflow UI with the DAG in local pod mode (scripts/local_airflow.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean up down
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +18,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m vlmprobe.demo
+
+up: $(STAMP)
+	$(BIN)/python scripts/local_airflow.py up
+
+# Standard library only: stops what `make up` started even without the venv.
+down:
+	$(PYTHON) scripts/local_airflow.py down
 
 test: $(STAMP)
 	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)

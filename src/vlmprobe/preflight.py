@@ -37,7 +37,7 @@ URI_PARAMS = ("input_uri", "output_uri")
 def check_conf_keys(keys: Iterable[str], valid: Iterable[str] = PARAM_SPECS) -> None:
     """Raise :class:`UsageError` when a key is not a param: the closest valid key, and the others."""
     valid = sorted(valid)
-    unknown = sorted(k for k in keys if k not in valid)
+    unknown = sorted({k for k in keys if k not in valid})
     if not unknown:
         return
     parts = []
