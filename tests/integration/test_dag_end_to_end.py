@@ -96,9 +96,13 @@ def test_a_failing_probe_puts_its_cause_at_error_in_the_task_log(airflow_env, tm
             "nproc_per_node": 2, "parquet_sample_size": 1}
     proc, logs = _dags_test({**airflow_env, "GEMINI_API_KEY": "e2e-key"}, conf)
     assert proc.returncode != 0
-    cause = _lines_with(logs, "2 ranks but only 1 parquet file(s) sampled")
-    assert cause and all("error" in line.lower().split("vlmprobe probe: error")[0] for line in cause), cause
-    assert "up_for_retry" not in logs.lower()
+    cause = _lines_with(logs, "vlmprobe probe: error: ")
+    assert cause and all("2 ranks but only 1 parquet file(s) sampled" in line for line in cause), cause
+    # the task log's own level (structlog's "[error    ]"), not INFO with the pod's "ERROR" inside
+    assert all("[error" in line.split("vlmprobe probe: error")[0] for line in cause), cause
+    # the task's failure message names the cause, and there is no retry (exit code 2)
+    assert any("AirflowFailException" in line and "parquet file(s) sampled" in line for line in logs.splitlines())
+    assert "new_state=failed" in logs and "up_for_retry" not in logs.lower()
 
 
 def _asset_events(env) -> list[dict]:
