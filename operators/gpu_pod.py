@@ -73,6 +73,15 @@ POD_FILESYSTEM_ENV = frozenset({"HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "T
                                 "HF_HOME", "MPLCONFIGDIR"})
 # Log lines read back from a failed pod to name its last error.
 FAILURE_LOG_TAIL_LINES = 2000
+# The policy scanner's (checkov, `make test`) checks these pods do not meet, each with the reason,
+# as in-place suppressions on the pod itself.
+POLICY_SCAN_SKIPS = {
+    "CKV_K8S_8": "a batch pod: it exits when its step ends; there is no service to probe for liveness",
+    "CKV_K8S_9": "a batch pod: nothing connects to it, so there is nothing to be ready for",
+    "CKV_K8S_15": "IfNotPresent with immutable release tags: a multi-GB CUDA image is pulled once per node",
+    "CKV_K8S_35": "GEMINI_API_KEY comes from a secretKeyRef as google-genai reads it; it is never logged",
+    "CKV_K8S_43": "the image is pinned by an immutable release tag set in the Helm values",
+}
 
 
 def container_exit_code(pod: k8s.V1Pod | None, container_name: str) -> tuple[int | None, str | None]:
@@ -170,6 +179,8 @@ class GpuPodOperator(KubernetesPodOperator):
                 allow_privilege_escalation=False, privileged=False, read_only_root_filesystem=True,
                 capabilities=k8s.V1Capabilities(drop=["ALL"]), seccomp_profile=seccomp),
             secrets=[Secret("env", GEMINI_KEY_ENV, s.gemini_secret, s.gemini_secret_key)],
+            annotations={f"checkov.io/skip{i}": f"{check}={why}"
+                         for i, (check, why) in enumerate(sorted(POLICY_SCAN_SKIPS.items()), start=1)},
             labels={STEP_POD_LABEL: STEP_POD_LABEL_VALUE, "app.kubernetes.io/part-of": "vlmprobe",
                     "app.kubernetes.io/component": kwargs["task_id"]},
             pool=s.gpu_pool,

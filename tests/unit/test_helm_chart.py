@@ -270,7 +270,7 @@ def test_rolebindings_name_the_airflow_service_accounts(chart):
         assert binding["metadata"]["namespace"] == "gpu-pods"
         assert binding["roleRef"]["name"] == named(docs, "Role", suffix)["metadata"]["name"]
         subjects[suffix] = [(s["name"], s["namespace"]) for s in binding["subjects"]]
-    assert subjects == {"-pod-launcher": [("airflow-worker", "airflow")],
+    assert subjects == {"-pod-launcher": [("airflow-worker", "airflow"), ("airflow-scheduler", "airflow")],
                         "-pod-watcher": [("airflow-triggerer", "airflow")]}
 
 
@@ -443,6 +443,15 @@ def test_airflow_values_load_the_settings_and_run_pods_in_the_cluster(chart):
     assert {"name": "VLMPROBE_POD_MODE", "value": "cluster"} in values["env"]
     assert not any(item["name"].startswith("VLMPROBE_GEMINI") for item in values["env"])
     assert values["dags"]["gitSync"]["enabled"] is False
+    # Pod rights come from the companion chart's Roles only (no pods/exec); the triggerer waits for pods
+    assert values["allowPodLaunching"] is False and values["triggerer"]["enabled"] is True
+    chart_values = chart.values
+    pod_sc = values["securityContexts"]["pod"]
+    # Airflow's tasks share the step pods' group on the data volume
+    assert pod_sc["fsGroup"] == chart_values["securityContext"]["sharedGroup"] in pod_sc["supplementalGroups"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert values["securityContexts"]["containers"] == {"allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}
     assert values["airflowVersion"] == "3.3.2"
     # Workers read step outputs from the same claim, at the same path, as the GPU pods.
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in values["workers"]["extraVolumes"]}
