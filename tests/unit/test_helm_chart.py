@@ -300,7 +300,9 @@ def test_network_policy_extra_egress_is_appended(chart):
 def test_separate_namespaces_put_settings_with_airflow_and_pods_elsewhere(chart):
     docs = render(chart, VALUE_SETS["separate_namespaces"], namespace="airflow")
 
-    assert only(docs, "Namespace")["metadata"]["name"] == "gpu-pods"
+    namespace = only(docs, "Namespace")
+    assert namespace["metadata"]["name"] == "gpu-pods"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert only(docs, "ConfigMap")["metadata"]["namespace"] == "airflow"
     assert settings(docs)["VLMPROBE_NAMESPACE"] == "gpu-pods"
     for doc in docs:
