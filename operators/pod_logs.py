@@ -67,7 +67,8 @@ class PodLogRelay:
 
     def feed(self, line: str) -> None:
         line = line.rstrip("\r\n")
-        if not line.strip():
+        # Blank lines, and the `null` the CLI prints as the result of a rank without one.
+        if not line.strip() or line.strip() == "null":
             return
         line = _RANK_PREFIX.sub("", line, count=1)
         if match := _STEP_LINE.match(line):

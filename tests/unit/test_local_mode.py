@@ -70,6 +70,7 @@ def test_execute_relays_pod_lines_at_their_level_without_the_pod_timestamp(dag, 
         "print('Traceback (most recent call last):')\n"
         "print('ValueError: image is empty')\n"
         "print('key length %d' % len(os.environ['GEMINI_API_KEY']))\n"
+        "print('null')\n"  # what `vlmprobe` prints for a torchrun rank without a result
     )
     op, ctx = _op(dag, [sys.executable], ["-c", script])
     assert op.execute(ctx) is None  # no XCom: the steps hand over files

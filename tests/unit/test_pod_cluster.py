@@ -59,7 +59,7 @@ def _recorder():
 # -- the relay -----------------------------------------------------------------------------------
 def test_relay_keeps_levels_drops_timestamps_and_names_the_last_error():
     seen, emit = _recorder()
-    relay = PodLogRelay(emit).feed_all([*LINES, "", "   "])
+    relay = PodLogRelay(emit).feed_all([*LINES, "", "   ", "null"])
     assert seen == EXPECTED
     assert relay.last_error == LAST_ERROR
 
