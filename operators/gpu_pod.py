@@ -254,9 +254,9 @@ class GpuPodOperator(KubernetesPodOperator):
         for container in [*(pod.spec.init_containers or []), *pod.spec.containers]:
             container.command = [escape_dollars(str(a)) for a in container.command] if container.command else None
             container.args = [escape_dollars(str(a)) for a in container.args] if container.args else None
-            for var in container.env or []:
-                if var.value is not None:
-                    var.value = escape_dollars(var.value)
+            # New objects: the provider's pod shares its V1EnvVar objects with the operator.
+            container.env = [k8s.V1EnvVar(name=var.name, value=escape_dollars(var.value)) if var.value is not None
+                             else var for var in container.env or []] or None
         return pod
 
     # -- execution -----------------------------------------------------------------------------

@@ -140,3 +140,16 @@ def test_conf_outside_the_allowed_prefixes_is_refused_before_the_command(dag, mo
     with pytest.raises(AirflowFailException, match="input_uri 'gs://someone-else/exfil' is outside"):
         op.execute(ctx)
     assert not marker.exists()
+
+
+def test_env_values_are_escaped_once_however_often_the_pod_is_built(dag, monkeypatch):
+    from kubernetes.client import models as k8s
+
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    op, ctx = _op(dag, ["true"], [], env_vars=[k8s.V1EnvVar(name="PRICE", value="$5 $(GEMINI_API_KEY)")])
+    for _ in range(3):
+        pod = op.build_pod_request_obj(ctx, dry_run=True)
+        env = {e.name: e.value for e in pod.spec.containers[0].env}
+        assert env["PRICE"] == "$$5 $$(GEMINI_API_KEY)"
+    _, local_env = op.local_command(ctx)
+    assert local_env["PRICE"] == "$5 $(GEMINI_API_KEY)"
