@@ -66,6 +66,7 @@ def vlm_failure_pipeline():
     probe = GpuPodOperator(
         task_id="probe",
         settings=SETTINGS,
+        step="probe",  # CPU and memory per GPU (VLMPROBE_PROBE_*_PER_GPU)
         gpus="{{ params.nproc_per_node }}",
         pool_slots=PARAM_SPECS["nproc_per_node"]["default"],  # GPUs at the default; pool slots are fixed at parse
         cmds=["torchrun"],
@@ -88,6 +89,7 @@ def vlm_failure_pipeline():
         GpuPodOperator(
             task_id="generate",
             settings=SETTINGS,
+            step="qa",  # CPU and memory per pod (VLMPROBE_QA_CPU, VLMPROBE_QA_MEMORY)
             gpus=SETTINGS.qa_gpus,
             cmds=["vlmprobe"],
             arguments=[

@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from vlmprobe.log import setup_logging
+    from vlmprobe.shared_volume import share_with_group
+
+    share_with_group()  # steps share one volume: group-writable files (vlmprobe.shared_volume)
 
     parser = build_parser()
     args = parser.parse_args(argv)

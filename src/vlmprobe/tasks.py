@@ -11,6 +11,7 @@ from typing import Any
 
 from vlmprobe.config import PublishConfig, SampleConfig
 from vlmprobe.rundate import run_date_of
+from vlmprobe.shared_volume import share_with_group
 
 log = logging.getLogger("vlmprobe.tasks")
 
@@ -29,6 +30,7 @@ def sample_keys_task(params: dict[str, Any], dag_run: Any) -> list[str]:
 
     The whole plan, with its counts, is in ``sample/shards.json`` and the task log.
     """
+    share_with_group()  # steps share one volume (vlmprobe.shared_volume)
     from vlmprobe.sample.run import sample_keys
 
     plan = sample_keys(_pick(SampleConfig, params, run_date=_run_date(dag_run)))
@@ -38,6 +40,7 @@ def sample_keys_task(params: dict[str, Any], dag_run: Any) -> list[str]:
 
 def publish_task(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
     """Step 4 for a DAG run; returns the manifest's URI and the QA item count."""
+    share_with_group()  # steps share one volume (vlmprobe.shared_volume)
     from vlmprobe.publish.run import publish
 
     return publish(_pick(PublishConfig, params, run_date=_run_date(dag_run)))
