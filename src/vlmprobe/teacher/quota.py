@@ -28,9 +28,13 @@ have finished, the other 5 reach 196 within one heartbeat.
 
 **Ledgers.** Each process also keeps ``_teacher/ledgers/{process}.json``: the requests it sent per
 Pacific day and its estimated spend, kept across attempts of the same process (a retried pod
-continues its counts). The run's requests today are the sum over ledgers; each process may use
-``1/n`` of what remains of ``teacher_rpd`` until its next heartbeat, and none sends once the
-sum reaches it (:class:`~vlmprobe.errors.QuotaExhausted`, with the next Pacific midnight). The
+continues its counts). The run's requests today are the sum over ledgers. At each heartbeat a
+process reserves, in its ledger and before using it, its ``1/n`` of what remains of
+``teacher_rpd`` after the others' counts and live reservations (at most what it can send in two
+heartbeats, so an idle process holds little back); it sends no more than that until its next
+heartbeat, so the run stops at ``teacher_rpd`` instead of crossing it. Once the counted requests
+reach it, every process raises :class:`~vlmprobe.errors.QuotaExhausted` with the next Pacific
+midnight. A finished process gives its unused reservation back; a dead one's stops counting. The
 run's spend is the sum of the ledgers' ``cost_usd``; :meth:`RunQuota.spent_usd` feeds the
 ``max_cost_usd`` budget. Counts of the last few seconds of a killed process are lost (at most
 one heartbeat).
@@ -129,7 +133,8 @@ class RunQuota:
         self.refreshes = 0
         self._ledger: dict[str, Any] = {"process": self.process, "requests_by_day": {}, "cost_usd": 0.0, "usage": {}}
         self._dirty = False
-        self._others_by_day: dict[str, int] = {}
+        self._others_by_day: dict[str, int] = {}  # requests the other ledgers counted, by day
+        self._others_reserved = 0  # today's requests live others may still send (reserved, not yet counted)
         self._others_cost = 0.0
         self._others_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._day_allowance = math.inf
@@ -160,15 +165,20 @@ class RunQuota:
         keep = 1.0 - self.limits.headroom
         self.requests.rate = self.rpm_share * keep / self.limits.period_s if self.limits.rpm else None
         self.tokens.rate = self.tpm_share * keep / self.limits.period_s if self.limits.tpm else None
-        if self.limits.rpd:
-            day = pacific_day()
-            mine = self.requests_today(day)
-            remaining = max(self.limits.rpd - mine - self._others_by_day.get(day, 0), 0)
-            # Whole requests only: the first (remaining mod n) processes by name take one more.
-            share, extra = divmod(remaining, self.live)
-            self._day_allowance = mine + share + (1 if self._rank < extra else 0)
-        else:
-            self._day_allowance = math.inf
+        if self.folder is None:  # alone: the whole daily quota is ours
+            self._day_allowance = self.limits.rpd if self.limits.rpd else math.inf
+
+    def _allowance(self, mine: int, others: int, live: int, rank: int) -> int:
+        """Requests today this process may reach before its next heartbeat, given what the other
+        live processes counted or reserved (``others``): its part of what remains, whole requests,
+        the first ``remaining mod n`` processes by name taking one more, and no more than it can
+        send in two heartbeats at its per-minute share (so an idle process holds little back)."""
+        remaining = max(self.limits.rpd - mine - others, 0)
+        share, extra = divmod(remaining, live)
+        share += 1 if rank < extra else 0
+        if self.limits.rpm:
+            share = min(share, math.ceil(self.limits.rpm / live / self.limits.period_s * 2 * self.heartbeat_s) + 1)
+        return mine + share
 
     # -- accounting ---------------------------------------------------------------------------
     def requests_today(self, day: str | None = None) -> int:
@@ -215,7 +225,7 @@ class RunQuota:
         day = pacific_day()
         mine = self.requests_today(day)
         total = mine + self._others_by_day.get(day, 0)
-        if total >= self.limits.rpd:
+        if total >= self.limits.rpd:  # counted requests only: reservations may still be given back
             resets = next_pacific_midnight()
             raise QuotaExhausted(
                 f"the run's daily teacher quota is spent: {total} requests today (Pacific time) against "
@@ -270,16 +280,18 @@ class RunQuota:
             return
         assert self._lock is not None and self._refreshed is not None
         async with self._lock:
-            ledger = json.loads(json.dumps(self._ledger)) if self._dirty else None
+            ledger, dirty = json.loads(json.dumps(self._ledger)), self._dirty
             self._dirty = False
             try:
-                live_names, others_by_day, others_cost = await asyncio.to_thread(self._exchange, ledger)
+                seen = await asyncio.to_thread(self._exchange, ledger, dirty)
             except BaseException:
-                if ledger is not None:
-                    self._dirty = True
+                self._dirty = self._dirty or dirty
                 raise
+            live_names, self._others_by_day, self._others_reserved, self._others_cost, reserved = seen
             self.live, self._rank = len(live_names), live_names.index(self.process)
-            self._others_by_day, self._others_cost = others_by_day, others_cost
+            if reserved is not None:
+                self._ledger["reserved"] = reserved
+                self._day_allowance = reserved["requests"]
             self.refreshes += 1
             self._apply()
             self._refreshed.set()
@@ -316,13 +328,15 @@ class RunQuota:
         except (ValueError, TypeError, AttributeError, OSError) as e:
             log.warning("ignoring the unreadable teacher ledger %s: %s", uri, e)
 
-    def _exchange(self, ledger: dict[str, Any] | None) -> tuple[list[str], dict[str, int], float]:
-        """Write our files, read the others': (live process names, sorted; their requests by day; their cost)."""
+    def _exchange(self, ledger: dict[str, Any], dirty: bool
+                  ) -> tuple[list[str], dict[str, int], int, float, dict[str, Any] | None]:
+        """One heartbeat's file work: renew our lease, read the others' leases and ledgers, and
+        publish our daily reservation before we use it. Returns (live process names, sorted; the
+        others' requests by day; today's requests live others reserved beyond their counts; their
+        cost; our new reservation or None)."""
         from vlmprobe.io import write_json
 
         now = dt.datetime.now(dt.timezone.utc)
-        if ledger is not None:
-            write_json(self._ledger_uri(), {**ledger, "updated_at": now.isoformat()})
         write_json(self._lease_uri(), {"process": self.process, "host": socket.gethostname(), "pid": os.getpid(),
                                        "heartbeat_at": now.isoformat(), "rpm_share": self.rpm_share,
                                        "tpm_share": self.tpm_share})
@@ -338,16 +352,32 @@ class RunQuota:
                 mtime = self._heartbeat_of(uri)
             if mtime is not None and reference - mtime <= self.ttl_s:
                 live.add(process)
+        today = pacific_day(now)
         others_by_day: dict[str, int] = {}
+        others_reserved = 0
         others_cost = 0.0
         for process, (mtime, uri) in self._list("ledgers").items():
             if process == self.process:
                 continue
             data = self._read_cached(uri, mtime)
-            for day, count in (data.get("requests_by_day") or {}).items():
-                others_by_day[day] = others_by_day.get(day, 0) + int(count)
+            by_day = {str(d): int(c) for d, c in (data.get("requests_by_day") or {}).items()}
+            for day, count in by_day.items():
+                others_by_day[day] = others_by_day.get(day, 0) + count
+            reserved = data.get("reserved") or {}
+            if process in live and reserved.get("day") == today:  # a dead process sends no more
+                others_reserved += max(int(reserved.get("requests", 0)) - by_day.get(today, 0), 0)
             others_cost += float(data.get("cost_usd") or 0.0)
-        return sorted(live), others_by_day, others_cost
+        names = sorted(live)
+        reservation = None
+        if self.limits.rpd:
+            counted = int(ledger["requests_by_day"].get(today, 0))
+            others = others_by_day.get(today, 0) + others_reserved
+            reservation = {"day": today, "requests": self._allowance(counted, others, len(names), names.index(self.process))}
+            dirty = dirty or ledger.get("reserved") != reservation
+            ledger["reserved"] = reservation
+        if dirty:
+            write_json(self._ledger_uri(), {**ledger, "updated_at": now.isoformat()})
+        return names, others_by_day, others_reserved, others_cost, reservation
 
     def _list(self, sub: str) -> dict[str, tuple[float | None, str]]:
         """``{process: (mtime as a POSIX timestamp or None, uri)}`` of the JSON files in ``sub``."""
@@ -396,6 +426,8 @@ class RunQuota:
         from vlmprobe.io import write_json
         from vlmprobe.io.fs import remove_file
 
-        write_json(self._ledger_uri(), {**self._ledger, "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+        # Give back what we reserved and did not use: the others may send it.
+        final = {k: v for k, v in self._ledger.items() if k != "reserved"}
+        write_json(self._ledger_uri(), {**final, "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
         self._dirty = False
         remove_file(self._lease_uri())
