@@ -180,7 +180,7 @@ async def _ask_all(teachers: list[Teacher], per_teacher: int) -> list:
 def test_teachers_sharing_a_lease_folder_stay_under_the_per_minute_quota(tmp_path):
     # The simulator allows 6 requests per 1.5 s window; three teachers share that quota.
     window = {"rpm": 6, "quota_window_s": 1.5}
-    limits = QuotaLimits(rpm=6, period_s=1.5, headroom=0.2)
+    limits = QuotaLimits(rpm=6, period_s=1.5, headroom=0.3)  # room for a busy test machine
     with GeminiSimulator(port=0, **window) as sim:
         outcomes = asyncio.run(_ask_all(_teachers(sim, str(tmp_path / "_teacher"), 3, limits=limits), 4))
         shared = sim.stats()
@@ -189,7 +189,7 @@ def test_teachers_sharing_a_lease_folder_stay_under_the_per_minute_quota(tmp_pat
 
     # The same three without the shared folder each take the whole quota: the server refuses some.
     with GeminiSimulator(port=0, **window) as sim:
-        asyncio.run(_ask_all(_teachers(sim, None, 3, limits=limits), 4))
+        asyncio.run(_ask_all(_teachers(sim, None, 3, limits=limits), 3))
         alone = sim.stats()
     assert alone["quota_rejections"].get("rpm", 0) > 0
 
