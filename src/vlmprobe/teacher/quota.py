@@ -21,10 +21,12 @@ heartbeat.
 four characters a token, images at 258 tokens per 384 px tile after downscaling.
 
 Example, tier 1 for gemini-2.5-flash (1,000 RPM, 1,000,000 TPM, 10,000 RPD): the probe pod runs 8
-ranks, so each rank sends at most 1000/8 x 0.98 = 122.5 requests/min (one every 0.49 s) and 122,500
-input tokens/min. The QA step runs after the probe; with 8 shard pods each one again gets 122.5
-requests/min; if the GPU pool runs only 5 of them at once, each of the 5 gets 196. When 3 shards
-have finished, the other 5 reach 196 within one heartbeat.
+ranks, so each rank may send 1000/8 x 0.98 = 122.5 requests/min (one every 0.49 s) and 122,500
+input tokens/min; with a 768 x 576 image (4 tiles, 1,032 tokens) and ~300 text tokens a request
+is ~1,330 tokens, so the token share binds first at ~92 requests/min. The QA step runs after the
+probe; with 8 shard pods each one again gets an eighth; if the GPU pool runs only 5 of them at
+once, each of the 5 gets a fifth. When 3 of 8 running shards finish, the other 5 reach a fifth
+within one heartbeat.
 
 **Ledgers.** Each process also keeps ``_teacher/ledgers/{process}.json``: the requests it sent per
 Pacific day and its estimated spend, kept across attempts of the same process (a retried pod
