@@ -651,7 +651,7 @@ class Teacher:
                 continue
             try:
                 if not self.quota.admit_day():
-                    await self.quota.wait_refresh()
+                    await self._sleep(self.quota.heartbeat_s)  # our part of today's rest is used: ask again
                     continue
             except QuotaExhausted as e:
                 raise self._stop(e) from None

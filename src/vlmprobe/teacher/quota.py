@@ -142,7 +142,7 @@ class RunQuota:
         self._day_allowance = math.inf
         self._started_at = 0.0
         self._task: asyncio.Task | None = None
-        self._refreshed: asyncio.Event | None = None
+        self._closing: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
         self._apply()
 
@@ -221,7 +221,7 @@ class RunQuota:
 
     def admit_day(self) -> bool:
         """May one more request go today? Raises QuotaExhausted once the run has used ``teacher_rpd``;
-        False means this process used its part of what remained: wait for the next heartbeat."""
+        False means this process used its part of what remained: ask again after a heartbeat."""
         if not self.limits.rpd:
             return True
         day = pacific_day()
@@ -241,7 +241,7 @@ class RunQuota:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         """Load this process's ledger (earlier attempts), announce the lease, read the others."""
-        self._refreshed = asyncio.Event()
+        self._closing = asyncio.Event()
         self._lock = asyncio.Lock()
         self._started_at = time.monotonic()
         if self.folder is None:
@@ -254,11 +254,11 @@ class RunQuota:
         """Write the final ledger and remove the lease (the others' shares grow at their next heartbeat)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            # Let a heartbeat in progress finish (its file work runs in a thread that a cancel
+            # would not stop): a lease written after ours is removed would linger for a TTL.
+            assert self._closing is not None
+            self._closing.set()
+            await task
         if self.folder is None:
             return
         try:
@@ -266,21 +266,12 @@ class RunQuota:
         except Exception as e:  # the step's outcome matters more than this bookkeeping
             log.warning("could not close the teacher lease of %s: %s", self.process, e)
 
-    async def wait_refresh(self) -> None:
-        """Until the next heartbeat has read the others' files (or one heartbeat when alone)."""
-        if self._refreshed is None or self.folder is None:
-            await asyncio.sleep(self.heartbeat_s)
-            self._apply()
-            return
-        self._refreshed.clear()
-        await self._refreshed.wait()
-
     async def refresh(self) -> None:
         """One heartbeat: rewrite our lease (and ledger if it changed), then read the others'."""
         if self.folder is None:
             self._apply()
             return
-        assert self._lock is not None and self._refreshed is not None
+        assert self._lock is not None
         async with self._lock:
             ledger, dirty = json.loads(json.dumps(self._ledger)), self._dirty
             self._dirty = False
@@ -296,13 +287,17 @@ class RunQuota:
                 self._day_allowance = reserved["requests"]
             self.refreshes += 1
             self._apply()
-            self._refreshed.set()
 
     async def _heartbeat(self) -> None:
+        assert self._closing is not None
         failures = 0
         while True:
             quick = time.monotonic() - self._started_at < QUICK_PERIOD_S
-            await asyncio.sleep(QUICK_HEARTBEAT_S if quick else self.heartbeat_s)
+            try:
+                await asyncio.wait_for(self._closing.wait(), QUICK_HEARTBEAT_S if quick else self.heartbeat_s)
+                return
+            except (asyncio.TimeoutError, TimeoutError):
+                pass
             try:
                 await self.refresh()
                 failures = 0
