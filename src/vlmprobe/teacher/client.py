@@ -407,9 +407,11 @@ class Teacher:
     between two request starts in this process; ``timeout_s`` bounds one attempt. ``limits`` are
     the run-wide quota and budget, shared with the other processes whose leases are in
     ``quota_folder`` (the run's ``_teacher`` folder; None: alone); ``process`` names this process
-    there, stably across attempts. ``thinking_budget`` (None: the model's default),
-    ``max_output_tokens`` per request kind and ``image_max_side`` (0: no downscaling) bound the
-    bill. Use it as an async context manager: it opens one google-genai client and the quota
+    there, stably across attempts, and renews its lease every ``heartbeat_s``.
+    ``thinking_budget`` (None: the model's default), ``max_output_tokens`` per request kind and
+    ``image_max_side`` (0: no downscaling) bound the bill. The circuit breaker opens when more
+    than ``breaker_ratio`` of the last ``breaker_window`` finished requests failed after their
+    retries. Use it as an async context manager: it opens one google-genai client and the quota
     lease, and closes both on exit.
     """
 
@@ -595,7 +597,7 @@ class Teacher:
         reason = _error_info_reason(error)
         if code == 404:
             text = f"model {self.model!r} not found (HTTP 404 {status}): {said}"
-        elif code == 400 and (reason or "").startswith("API_KEY_") or "api key not valid" in said.lower():
+        elif code == 400 and ((reason or "").startswith("API_KEY_") or "api key not valid" in said.lower()):
             text = f"the Gemini API key was rejected ({reason or 'API_KEY_INVALID'}): {said}"
         elif code == 401:
             text = f"the Gemini API key was not accepted (HTTP 401 {status}): {said}"
