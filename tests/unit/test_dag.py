@@ -30,6 +30,8 @@ def test_params_are_typed_bounded_described(dag):
     expected = {"nproc_per_node", "failure_batch_size", "parquet_sample_size", "num_shards", "concurrency",
                 "batch_size", "request_delay", "no_async", "error_output_format", "embed_images",
                 "samples_per_key", "input_uri", "output_uri", "target_model", "gemini_model", "seed"}
+    expected |= {"teacher_rpm", "teacher_tpm", "teacher_rpd", "teacher_retry_window_s", "max_error_rate",
+                 "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher (h5)
     params = dag.params
     assert set(params.keys()) == expected
     for name in expected:
