@@ -4,9 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The policy scanners (checkov, hadolint) live in their own venv: their pins must not meet Airflow's.
+SCAN_VENV := .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench clean up down
+.PHONY: demo test scan bench clean up down
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +18,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[airflow,probe,qa,dev]"
 	touch $(STAMP)
+
+$(SCAN_STAMP): tests/policy/requirements.txt
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/pip install --quiet --upgrade pip
+	$(SCAN_VENV)/bin/pip install --quiet -r tests/policy/requirements.txt
+	touch $(SCAN_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m vlmprobe.demo
@@ -26,8 +35,12 @@ up: $(STAMP)
 down:
 	$(PYTHON) scripts/local_airflow.py down
 
-test: $(STAMP)
-	$(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+test: $(STAMP) $(SCAN_STAMP)
+	VLMPROBE_SCAN_VENV=$(SCAN_VENV) $(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)
+
+# Only the policy scan: the chart's manifests, the DAG's pods and both Dockerfiles.
+scan: $(STAMP) $(SCAN_STAMP)
+	VLMPROBE_SCAN_VENV=$(SCAN_VENV) $(BIN)/pytest tests/unit/test_policy_scan.py
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -30,7 +30,6 @@ validation is refused at trigger time, and a conf key that is not a param fails 
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import pendulum
@@ -67,12 +66,6 @@ def _cli_args(*names: str) -> list[str]:
     return args
 
 
-# The operator's own preflight hook (h6) runs before the pod is built; BaseOperator's pre_execute
-# hook is the same check on an operator without it. Lead: keep only `preflight=` once merged.
-_PREFLIGHT = ({"preflight": preflight} if "preflight" in inspect.signature(GpuPodOperator.__init__).parameters
-              else {"pre_execute": preflight})
-
-
 @dag(
     dag_id="vlm_failure_pipeline",
     schedule=CronDataIntervalTimetable(NIGHTLY_CRON, timezone="UTC"),
@@ -96,6 +89,7 @@ def vlm_failure_pipeline():
     probe = GpuPodOperator(
         task_id="probe",
         settings=SETTINGS,
+        step="probe",  # CPU and memory per GPU (VLMPROBE_PROBE_*_PER_GPU)
         gpus="{{ params.nproc_per_node }}",
         pool_slots=PARAM_SPECS["nproc_per_node"]["default"],  # GPUs at the default; pool slots are fixed at parse
         cmds=["vlmprobe"],
@@ -107,7 +101,7 @@ def vlm_failure_pipeline():
                        "failure_batch_size", "parquet_sample_size", "concurrency", "request_delay"),
         ],
         execution_timeout=pendulum.duration(hours=12),
-        **_PREFLIGHT,
+        preflight=preflight,  # cheap checks on the Airflow side before the pod (and its GPUs) exists
     )
 
     @task
@@ -121,6 +115,7 @@ def vlm_failure_pipeline():
         GpuPodOperator(
             task_id="generate",
             settings=SETTINGS,
+            step="qa",  # CPU and memory per pod (VLMPROBE_QA_CPU, VLMPROBE_QA_MEMORY)
             gpus=SETTINGS.qa_gpus,
             cmds=["vlmprobe"],
             arguments=[

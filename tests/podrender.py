@@ -27,7 +27,8 @@ def offline_context(dag, task, logical_date, conf=None, map_index=-1, run_id="sc
     ti = types.SimpleNamespace(dag_id=dag.dag_id, task_id=task.task_id, map_index=map_index,
                                try_number=1, run_id=run_id)
     ctx = {
-        "dag_run": types.SimpleNamespace(run_id=run_id, run_after=run_after, logical_date=ld, conf=conf or {}),
+        "dag_run": types.SimpleNamespace(run_id=run_id, run_after=run_after, logical_date=ld, conf=conf or {},
+                                         run_type=run_id.split("__", 1)[0]),
         "dag": dag, "task": task, "ti": ti, "task_instance": ti, "run_id": run_id,
         "logical_date": ld, "data_interval_start": ld, "data_interval_end": ld,
         "params": resolve_params(dag, task, conf),

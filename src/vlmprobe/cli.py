@@ -257,7 +257,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[s
 
 def main(argv: list[str] | None = None) -> int:
     from vlmprobe.log import setup_logging
+    from vlmprobe.shared_volume import share_with_group
 
+    share_with_group()  # steps share one volume: group-writable files (vlmprobe.shared_volume)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # bad flags: argparse's usage line and one error line, exit 2

@@ -44,8 +44,20 @@ class TeacherSettings(BaseModel):
     gemini_model: str = param("gemini_model")
     concurrency: int = param("concurrency")
     request_delay: float = param("request_delay")
-    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per Gemini request, first one included.")
     request_timeout_s: float = Field(120.0, gt=0, le=3600, description="Timeout of one Gemini request.")
+    # teacher (h5): run-wide quota, retries, the bill
+    teacher_rpm: int = param("teacher_rpm")
+    teacher_tpm: int = param("teacher_tpm")
+    teacher_rpd: int = param("teacher_rpd")
+    teacher_retry_window_s: float = param("teacher_retry_window_s")
+    max_attempts: int = Field(0, ge=0, le=100, description="Attempts per Gemini request at most, first one "
+                              "included; 0 = bounded only by teacher_retry_window_s (for debugging).")
+    thinking_budget: int = param("thinking_budget")
+    teacher_image_max_side: int = param("teacher_image_max_side")
+    max_cost_usd: float = param("max_cost_usd")
+    max_output_tokens_factor: int = Field(1024, ge=16, le=65_536, description="max_output_tokens of a factor request.")
+    max_output_tokens_verify: int = Field(512, ge=16, le=65_536, description="max_output_tokens of a verification.")
+    max_output_tokens_qa: int = Field(2048, ge=16, le=65_536, description="max_output_tokens of a QA request.")
 
 
 class ProbeConfig(StepConfig, TeacherSettings):

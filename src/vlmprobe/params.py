@@ -107,10 +107,11 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
     "concurrency": dict(
         default=16,
         type="integer",
-        minimum=1,
+        minimum=0,
         maximum=512,
         section=QA,
-        description="Gemini requests in flight per process (per QA shard, and per probe rank).",
+        description="Gemini requests in flight per process (per QA shard, and per probe rank), at most; "
+                    "0 = auto, from the process's share of teacher_rpm and the observed latency.",
     ),
     "batch_size": dict(
         default=64,
@@ -135,6 +136,84 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
         description="Send QA requests one at a time (for debugging and strict quotas).",
     ),
 }
+
+
+# --- teacher (h5): the run-wide Gemini quota, retries and the bill -----------------------------
+# Quota defaults are tier 1 of gemini-2.5-flash (the default teacher): the lowest paid tier, so
+# they never exceed a paid project's quota; a project with more raises them (docs: README).
+TEACHER = "Teacher quota and cost"
+PARAM_SPECS.update({
+    "teacher_rpm": dict(
+        default=1000,
+        type="integer",
+        minimum=0,
+        maximum=1_000_000,
+        section=TEACHER,
+        description="Gemini requests per minute for the whole run: every probe rank and QA shard shares it. "
+                    "0 = no limit. Default: tier 1 of gemini-2.5-flash.",
+    ),
+    "teacher_tpm": dict(
+        default=1_000_000,
+        type="integer",
+        minimum=0,
+        maximum=1_000_000_000,
+        section=TEACHER,
+        description="Gemini input tokens per minute for the whole run (estimated before sending). 0 = no limit.",
+    ),
+    "teacher_rpd": dict(
+        default=10_000,
+        type="integer",
+        minimum=0,
+        maximum=1_000_000_000,
+        section=TEACHER,
+        description="Gemini requests per day (Pacific time) for the whole run; at the limit the step stops "
+                    "and a rerun after midnight Pacific resumes. 0 = no limit.",
+    ),
+    "teacher_retry_window_s": dict(
+        default=600.0,
+        type="number",
+        minimum=1,
+        maximum=86_400,
+        section=TEACHER,
+        description="Seconds during which one Gemini request is retried (429s, 5xx, timeouts) before its "
+                    "record becomes an error row.",
+    ),
+    "max_error_rate": dict(
+        default=0.1,
+        type="number",
+        minimum=0,
+        maximum=1,
+        section=TEACHER,
+        description="A step fails when its error rows exceed this fraction of its input records.",
+    ),
+    "thinking_budget": dict(
+        default=0,
+        type="integer",
+        minimum=-1,
+        maximum=32_768,
+        section=TEACHER,
+        description="Gemini thinking tokens per request (billed as output): 0 = no thinking (2.5 Pro cannot "
+                    "stop thinking: it gets its minimum, 128), -1 = the model decides.",
+    ),
+    "teacher_image_max_side": dict(
+        default=768,
+        type="integer",
+        minimum=0,
+        maximum=16_384,
+        section=TEACHER,
+        description="Images are downscaled to at most this many pixels on their long side (aspect kept) "
+                    "before they go to Gemini; 0 = sent at full size.",
+    ),
+    "max_cost_usd": dict(
+        default=0.0,
+        type="number",
+        minimum=0,
+        maximum=1_000_000,
+        section=TEACHER,
+        description="Estimated Gemini spend of the run (USD) at which new requests stop: their records "
+                    "become error rows and publish fails with 'budget reached'. 0 = no cap.",
+    ),
+})
 
 
 def defaults() -> dict[str, Any]:

@@ -108,6 +108,10 @@ def preflight(context: Mapping[str, Any]) -> None:
 
     Raises ``AirflowFailException`` — no retry — on a failed check.
     """
+    from vlmprobe.shared_volume import share_with_group
+
+    # the output check creates {output_uri}/{run_date}/: group-writable, so the pods can write in it
+    share_with_group()
     dag_run = context["dag_run"]
     run_date = run_date_of_dag_run(dag_run)
     try:

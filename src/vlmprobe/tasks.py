@@ -19,6 +19,7 @@ from vlmprobe.config import PublishConfig, SampleConfig
 from vlmprobe.errors import DETERMINISTIC_EXIT_CODES, UsageError, exit_code_for
 from vlmprobe.preflight import check_conf
 from vlmprobe.rundate import run_date_of_dag_run
+from vlmprobe.shared_volume import share_with_group
 
 log = logging.getLogger("vlmprobe.tasks")
 
@@ -54,6 +55,7 @@ def sample_keys_task(params: Mapping[str, Any], dag_run: Any) -> list[str]:
 
     The whole plan, with its counts, is in ``sample/shards.json`` and the task log.
     """
+    share_with_group()  # steps share one volume (vlmprobe.shared_volume)
     from vlmprobe.sample.run import sample_keys
 
     with fail_without_retry("sample_keys"):
@@ -69,6 +71,7 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
     With ``outlet_events`` (the task's context), the run's :data:`~vlmprobe.lineage.QA_DATASET`
     event carries where the dataset is and the manifest's counts.
     """
+    share_with_group()  # steps share one volume (vlmprobe.shared_volume)
     from vlmprobe.io import read_json
     from vlmprobe.publish.run import publish
 

@@ -85,6 +85,8 @@ def test_params_are_typed_bounded_described(dag):
     expected = {"nproc_per_node", "failure_batch_size", "parquet_sample_size", "num_shards", "concurrency",
                 "batch_size", "request_delay", "no_async", "error_output_format", "embed_images",
                 "samples_per_key", "input_uri", "output_uri", "target_model", "gemini_model", "seed"}
+    expected |= {"teacher_rpm", "teacher_tpm", "teacher_rpd", "teacher_retry_window_s", "max_error_rate",
+                 "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher (h5)
     params = dag.params
     assert expected <= set(params.keys())  # other areas add theirs
     for name in params.keys():
@@ -137,9 +139,7 @@ def test_good_conf_is_accepted(dag, conf):
 def test_probe_runs_the_preflight_before_its_pod(dag):
     from vlmprobe.preflight import preflight
 
-    probe = dag.get_task("probe")
-    hook = getattr(probe, "preflight", None) or probe._pre_execute_hook
-    assert hook is preflight
+    assert dag.get_task("probe").preflight is preflight
 
 
 def test_probe_pod_starts_its_ranks_through_the_launcher(dag):

@@ -94,7 +94,9 @@ def test_real_client_gets_a_parsed_answer_with_sensible_qa_and_usage():
             assert item.choices == [] and item.answer
     usage = response.usage_metadata
     assert usage.prompt_token_count == -(-len(prompt) // 4) + 2 * 258
-    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count
+    # No thinking budget was sent, so the model thought; thinking counts in the total
+    assert usage.thoughts_token_count > 0
+    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count
     assert stats["prompt_tokens"] == usage.prompt_token_count
     assert stats["by_status"] == {"200": 1} and stats["by_model"] == {MODEL: 1}
 
@@ -213,3 +215,129 @@ def test_cli_serves_on_a_free_port_and_stops_on_sigterm(tmp_path: Path):
             process.communicate()
     assert process.returncode == 0, stderr.decode()
     assert not port_file.exists()
+
+
+# ---------------------------------------------------------------- quotas, forced errors, answers
+
+
+def _details(payload: dict) -> dict[str, dict]:
+    return {d["@type"].rsplit(".", 1)[1]: d for d in payload["error"].get("details", [])}
+
+
+def test_per_minute_request_quota_answers_429_with_its_name_and_when_a_slot_frees():
+    with GeminiSimulator(port=0, rpm=3, quota_window_s=0.5) as sim:
+        answers = [_post(sim, _body(f"q{i}")) for i in range(4)]
+        time.sleep(0.6)  # the window has moved past the first three
+        after = _post(sim, _body("later"))[0]
+        stats = sim.stats()
+    assert [status for status, _ in answers] == [200, 200, 200, 429]
+    details = _details(answers[3][1])
+    assert details["QuotaFailure"]["violations"][0]["quotaId"] == "GenerateRequestsPerMinutePerProjectPerModel"
+    delay = details["RetryInfo"]["retryDelay"]
+    assert delay.endswith("s") and 0 < float(delay[:-1]) <= 0.5
+    assert after == 200 and stats["quota_rejections"] == {"rpm": 1}
+
+
+def test_per_minute_token_quota_counts_text_and_image_tiles():
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (800, 300), "red").save(png, format="PNG")  # 3 x 1 tiles of 384 px
+    image = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png.getvalue()).decode()}}
+    body = {"contents": [{"parts": [image, {"text": "abcdefgh"}]}]}  # 2 text tokens + 3 x 258
+    with GeminiSimulator(port=0, tpm=2 * (3 * 258 + 2)) as sim:
+        statuses = [_post(sim, {**body, "n": i})[0] for i in range(3)]
+        status, payload = _post(sim, {"contents": [{"parts": [{"text": "tiny"}]}]})
+        log = sim.request_log()
+    assert statuses == [200, 200, 429] and status == 429  # a full window refuses even a small request
+    assert log[0]["prompt_tokens"] == 3 * 258 + 2
+    assert _details(payload)["QuotaFailure"]["violations"][0]["quotaId"].endswith("InputTokensPerModelPerMinute")
+
+
+def test_per_day_quota_names_the_daily_quota_like_gemini():
+    with GeminiSimulator(port=0, rpd=1) as sim:
+        first = _post(sim, _body())[0]
+        status, payload = _post(sim, _body())
+    assert first == 200 and status == 429
+    (violation,) = _details(payload)["QuotaFailure"]["violations"]
+    assert violation["quotaId"] == "GenerateRequestsPerDayPerProjectPerModel" and violation["quotaValue"] == "1"
+
+
+@pytest.mark.parametrize("fail, code, status", [
+    ("invalid_key", 400, "INVALID_ARGUMENT"), ("401", 401, "UNAUTHENTICATED"),
+    ("403", 403, "PERMISSION_DENIED"), ("404", 404, "NOT_FOUND"),
+])
+def test_forced_failures_answer_with_geminis_error_bodies(fail, code, status):
+    with GeminiSimulator(port=0, fail=fail) as sim:
+        got, payload = _post(sim, _body())
+    assert got == code and payload["error"]["status"] == status
+    if fail == "invalid_key":
+        assert _details(payload)["ErrorInfo"]["reason"] == "API_KEY_INVALID"
+    if fail == "404":
+        assert f"models/{MODEL} is not found" in payload["error"]["message"]
+
+
+def test_only_listed_models_exist():
+    with GeminiSimulator(port=0, models=[MODEL]) as sim:
+        assert _post(sim, _body())[0] == 200
+        assert _post(sim, _body(), model="gemini-9")[0] == 404
+
+
+def test_safety_blocked_max_tokens_and_non_json_answers():
+    def answer(**rates: float) -> tuple[int, object]:
+        with GeminiSimulator(port=0, **rates) as sim:
+            request = urllib.request.Request(
+                f"{sim.base_url}/v1beta/models/{MODEL}:generateContent", data=json.dumps(_body()).encode(),
+                headers={"Content-Type": "application/json", "x-goog-api-key": SECRET})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                data = response.read()
+        try:
+            return response.status, json.loads(data)
+        except ValueError:
+            return response.status, data
+
+    _, safety = answer(rate_safety=1.0)
+    assert safety["candidates"][0]["finishReason"] == "SAFETY" and "content" not in safety["candidates"][0]
+    _, blocked = answer(rate_blocked=1.0)
+    assert blocked["promptFeedback"]["blockReason"] == "SAFETY" and "candidates" not in blocked
+    _, cut = answer(rate_max_tokens=1.0)
+    assert cut["candidates"][0]["finishReason"] == "MAX_TOKENS"
+    with pytest.raises(ValueError):
+        json.loads(cut["candidates"][0]["content"]["parts"][0]["text"])
+    status, page = answer(rate_non_json=1.0)
+    assert status == 200 and page.startswith(b"<!DOCTYPE html>")
+
+
+def test_max_output_tokens_cuts_the_answer_and_thinking_budget_zero_turns_thinking_off():
+    def body(**config: object) -> dict:
+        b = _body()
+        b["generationConfig"].update(config)
+        return b
+
+    with GeminiSimulator(port=0) as sim:
+        whole = _post(sim, body(thinkingConfig={"thinkingBudget": 0}))[1]
+        cut = _post(sim, body(thinkingConfig={"thinkingBudget": 0}, maxOutputTokens=5))[1]
+        thinking = _post(sim, body(thinkingConfig={"thinkingBudget": 100}))[1]
+    assert "thoughtsTokenCount" not in whole["usageMetadata"]
+    assert whole["candidates"][0]["finishReason"] == "STOP"
+    assert cut["candidates"][0]["finishReason"] == "MAX_TOKENS" and cut["usageMetadata"]["candidatesTokenCount"] <= 5
+    assert 0 < thinking["usageMetadata"]["thoughtsTokenCount"] <= 100
+    # the same answer, whatever the length limits
+    assert thinking["candidates"][0]["content"] == whole["candidates"][0]["content"]
+
+
+def test_request_log_counts_repeats_of_the_same_body(tmp_path: Path):
+    log_file = tmp_path / "requests.jsonl"
+    with GeminiSimulator(port=0, rate_503=0.5, seed=4, request_log=str(log_file)) as sim:
+        for prompt in ("same", "same", "other"):
+            _post(sim, _body(prompt))
+        with urllib.request.urlopen(f"{sim.base_url}/requests", timeout=10) as response:
+            served = json.loads(response.read())["requests"]
+        log = sim.request_log()
+    assert served == log and [e["n"] for e in log] == [0, 1, 2]
+    assert log[0]["sha256"] == log[1]["sha256"] != log[2]["sha256"]
+    assert {e["status"] for e in log} <= {200, 503} and all(e["model"] == MODEL for e in log)
+    assert [json.loads(line) for line in log_file.read_text().splitlines()] == log
+    assert SECRET not in log_file.read_text()

@@ -44,7 +44,20 @@ SETTINGS_KEYS = {
     "VLMPROBE_SHM_SIZE",
     "VLMPROBE_INPUT_URI",
     "VLMPROBE_OUTPUT_URI",
+    "VLMPROBE_RUN_AS_USER",
+    "VLMPROBE_FS_GROUP",
+    "VLMPROBE_SCRATCH_SIZE",
+    "VLMPROBE_PROBE_CPU_PER_GPU",
+    "VLMPROBE_PROBE_MEMORY_PER_GPU",
+    "VLMPROBE_QA_CPU",
+    "VLMPROBE_QA_MEMORY",
+    "VLMPROBE_DEFERRABLE",
+    "VLMPROBE_POD_LOG_INTERVAL",
+    "VLMPROBE_ALLOWED_URI_PREFIXES",
+    "VLMPROBE_ALLOWED_TARGET_ENDPOINTS",
 }
+PRIORITY_KEYS = {"VLMPROBE_PRIORITY_CLASS", "VLMPROBE_BACKFILL_PRIORITY_CLASS"}
+CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
 
 # A stand-in key; real Gemini keys start with "AIza", which must appear nowhere in helm/.
 FAKE_API_KEY = "test-only-not-a-key-7f3a"
@@ -53,6 +66,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "create_secret": {"gemini": {"createSecret": True, "apiKey": FAKE_API_KEY}},
     "existing_claim": {"data": {"createClaim": False, "existingClaim": "shared-datasets"}},
+    "all_off": {
+        "priorityClasses": {"enabled": False},
+        "gpuQuota": {"enabled": False},
+        "networkPolicy": {"enabled": False},
+        "airflow": {"triggererServiceAccount": ""},
+    },
     "separate_namespaces": {
         "namespace": {"create": True, "name": "gpu-pods"},
         "airflow": {"namespace": "airflow"},
@@ -61,8 +80,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "gemini": {"createSecret": True, "apiKey": FAKE_API_KEY, "baseUrl": "http://gemini-sim:8000"},
         "data": {"storageClass": "nfs", "size": "2Ti"},
         "pods": {"nodeSelector": {"nvidia.com/gpu.present": "true"}, "qaGpus": 2},
-        "priorityClass": {"create": True},
+        "priorityClasses": {"scheduled": {"name": "nightly", "value": 5000}},
         "gpuQuota": {"enabled": True, "gpus": 16},
+        "policy": {"allowedUriPrefixes": ["/data", "gs://team/vqa"],
+                   "allowedTargetEndpoints": ["http://vllm.ml.svc:8000/v1"]},
+        "rbac": {"triggererDeletesPods": True},
+        "networkPolicy": {"httpsTo": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}],
+                          "extraEgress": [{"to": [{"podSelector": {"matchLabels": {"app": "vllm"}}}],
+                                           "ports": [{"port": 8000, "protocol": "TCP"}]}]},
         "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "probe@p.iam.gserviceaccount.com"}},
         "labels": {"team": "ml-data"},
     },
@@ -98,18 +123,34 @@ def settings(docs: list[dict[str, Any]]) -> dict[str, str]:
     return configmap["data"]
 
 
-def test_default_render_has_the_pod_prerequisites_and_nothing_optional(chart):
+def named(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    return only([d for d in docs if d["metadata"]["name"].endswith(suffix)], kind)
+
+
+def test_default_render_has_the_pod_prerequisites_and_the_guards(chart):
     docs = render(chart, {})
 
     assert sorted(doc["kind"] for doc in docs) == [
         "ConfigMap",
+        "NetworkPolicy",
         "PersistentVolumeClaim",
+        "PriorityClass",
+        "PriorityClass",
+        "ResourceQuota",
         "Role",
+        "Role",
+        "RoleBinding",
         "RoleBinding",
         "ServiceAccount",
     ]
     for doc in docs:
-        assert doc["metadata"]["namespace"] == NAMESPACE
+        if doc["kind"] not in CLUSTER_SCOPED:
+            assert doc["metadata"]["namespace"] == NAMESPACE
+
+
+def test_optional_objects_can_be_turned_off(chart):
+    kinds = sorted(doc["kind"] for doc in render(chart, VALUE_SETS["all_off"]))
+    assert kinds == ["ConfigMap", "PersistentVolumeClaim", "Role", "RoleBinding", "ServiceAccount"]
 
 
 @pytest.mark.parametrize("case", sorted(VALUE_SETS))
@@ -124,8 +165,8 @@ def test_settings_configmap_holds_exactly_the_dag_settings_as_strings(chart, cas
     data = settings(render(chart, VALUE_SETS[case]))
 
     expected = set(SETTINGS_KEYS)
-    if VALUE_SETS[case].get("priorityClass", {}).get("create"):
-        expected.add("VLMPROBE_PRIORITY_CLASS")
+    if VALUE_SETS[case].get("priorityClasses", {}).get("enabled", True):
+        expected |= PRIORITY_KEYS
     assert set(data) == expected
     assert all(isinstance(value, str) for value in data.values())
     assert isinstance(json.loads(data["VLMPROBE_NODE_SELECTOR"]), dict)
@@ -147,7 +188,28 @@ def test_default_settings_match_the_dag_defaults(chart):
     assert data["VLMPROBE_SHM_SIZE"] == "32Gi"
     assert data["VLMPROBE_INPUT_URI"] == "/data/input"
     assert data["VLMPROBE_OUTPUT_URI"] == "/data/output"
+    assert data["VLMPROBE_PRIORITY_CLASS"] == "vlmprobe-scheduled"
+    assert data["VLMPROBE_BACKFILL_PRIORITY_CLASS"] == "vlmprobe-backfill"
+    assert data["VLMPROBE_RUN_AS_USER"] == data["VLMPROBE_FS_GROUP"] == "10001"
+    assert data["VLMPROBE_DEFERRABLE"] == "true" and data["VLMPROBE_ALLOWED_URI_PREFIXES"] == ""
 
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+def test_the_dag_reads_the_published_settings(chart, case):
+    # The ConfigMap is the Airflow components' environment: the DAG's own parser must accept it.
+    from operators import DeploymentSettings
+
+    values = VALUE_SETS[case]
+    settings_ = DeploymentSettings.from_env(settings(render(chart, values)))
+    assert settings_.probe_memory_per_gpu == "32Gi" and settings_.qa_cpu == "4"
+    assert settings_.deferrable is True and settings_.pod_log_interval == 60
+    assert settings_.allowed_uri_prefixes == tuple(values.get("policy", {}).get("allowedUriPrefixes", ()))
+    assert settings_.allowed_target_endpoints == tuple(values.get("policy", {}).get("allowedTargetEndpoints", ()))
+    if values.get("priorityClasses", {}).get("enabled", True):
+        classes = {d["metadata"]["name"] for d in render(chart, values) if d["kind"] == "PriorityClass"}
+        assert {settings_.priority_class, settings_.backfill_priority_class} == classes
+    else:
+        assert settings_.priority_class == settings_.backfill_priority_class == ""
 
 def test_settings_follow_the_values(chart):
     data = settings(render(chart, VALUE_SETS["everything_on"]))
@@ -155,9 +217,16 @@ def test_settings_follow_the_values(chart):
     assert json.loads(data["VLMPROBE_NODE_SELECTOR"]) == {"nvidia.com/gpu.present": "true"}
     assert data["VLMPROBE_QA_GPUS"] == "2"
     assert data["VLMPROBE_GEMINI_BASE_URL"] == "http://gemini-sim:8000"
-    assert data["VLMPROBE_PRIORITY_CLASS"] == only(render(chart, VALUE_SETS["everything_on"]), "PriorityClass")[
-        "metadata"
-    ]["name"]
+    assert data["VLMPROBE_PRIORITY_CLASS"] == "nightly"
+    assert data["VLMPROBE_ALLOWED_URI_PREFIXES"] == "/data,gs://team/vqa"
+
+
+def test_scheduled_runs_outrank_backfills(chart):
+    classes = {d["metadata"]["name"]: d for d in render(chart, {}) if d["kind"] == "PriorityClass"}
+
+    assert classes["vlmprobe-scheduled"]["value"] > classes["vlmprobe-backfill"]["value"]
+    assert classes["vlmprobe-backfill"]["preemptionPolicy"] == "Never"
+    assert not any(c["globalDefault"] for c in classes.values())
 
 
 def test_pod_objects_are_the_ones_the_settings_name(chart):
@@ -169,41 +238,77 @@ def test_pod_objects_are_the_ones_the_settings_name(chart):
     assert only(docs, "PersistentVolumeClaim")["metadata"]["name"] == data["VLMPROBE_DATA_PVC"]
 
 
-def test_role_grants_what_the_pod_operator_needs(chart):
-    docs = render(chart, {})
-    rules = {
-        resource: set(rule["verbs"])
-        for rule in only(docs, "Role")["rules"]
-        for resource in rule["resources"]
+def _rules(role: dict[str, Any]) -> dict[str, set[str]]:
+    return {resource: set(rule["verbs"]) for rule in role["rules"] for resource in rule["resources"]}
+
+
+def test_workers_launch_pods_and_nothing_more(chart):
+    rules = _rules(named(render(chart, {}), "Role", "-pod-launcher"))
+
+    assert rules == {
+        "pods": {"create", "get", "list", "watch", "patch", "delete"},
+        "pods/log": {"get"},
+        "events": {"get", "list", "watch"},
+    }  # no pods/exec: no XCom sidecar; no secrets: pods reference the Gemini Secret by name
+
+
+def test_triggerer_only_reads_unless_told_to_delete(chart):
+    assert _rules(named(render(chart, {}), "Role", "-pod-watcher")) == {
+        "pods": {"get", "list", "watch"},
+        "pods/log": {"get"},
+        "events": {"get", "list", "watch"},
     }
-
-    assert rules["pods"] >= {"create", "get", "list", "watch", "patch", "delete"}
-    assert rules["pods/log"] >= {"get"}
-    assert rules["pods/exec"] >= {"create", "get"}  # XCom sidecar
-    assert rules["events"] >= {"get", "list", "watch"}
-    assert "secrets" not in rules, "Airflow must not read the Gemini Secret"
+    assert _rules(named(render(chart, VALUE_SETS["everything_on"]), "Role", "-pod-watcher"))["pods"] == {
+        "get", "list", "watch", "delete"}
 
 
-def test_rolebinding_names_the_airflow_service_accounts(chart):
+def test_rolebindings_name_the_airflow_service_accounts(chart):
     docs = render(chart, VALUE_SETS["separate_namespaces"], namespace="airflow")
-    binding = only(docs, "RoleBinding")
+    subjects = {}
+    for suffix in ("-pod-launcher", "-pod-watcher"):
+        binding = named(docs, "RoleBinding", suffix)
+        assert binding["metadata"]["namespace"] == "gpu-pods"
+        assert binding["roleRef"]["name"] == named(docs, "Role", suffix)["metadata"]["name"]
+        subjects[suffix] = [(s["name"], s["namespace"]) for s in binding["subjects"]]
+    assert subjects == {"-pod-launcher": [("airflow-worker", "airflow"), ("airflow-scheduler", "airflow")],
+                        "-pod-watcher": [("airflow-triggerer", "airflow")]}
 
-    assert binding["metadata"]["namespace"] == "gpu-pods"
-    assert binding["roleRef"]["name"] == only(docs, "Role")["metadata"]["name"]
-    assert [(s["name"], s["namespace"]) for s in binding["subjects"]] == [
-        ("airflow-worker", "airflow"),
-        ("airflow-triggerer", "airflow"),
-    ]
+
+def test_network_policy_admits_nothing_in_and_only_dns_and_https_out(chart, dag):
+    import pendulum
+
+    from podrender import render_pod
+
+    policy = only(render(chart, {}), "NetworkPolicy")
+    spec = policy["spec"]
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"} and spec["ingress"] == []
+    ports = sorted((p["protocol"], p["port"]) for rule in spec["egress"] for p in rule["ports"])
+    assert ports == [("TCP", 53), ("TCP", 443), ("UDP", 53)]
+    # it selects the pods the DAG renders
+    for task_id, mapped in (("probe", None), ("qa.generate", {"shard_index": "0"})):
+        _, pod = render_pod(dag, task_id, pendulum.datetime(2026, 11, 25, 2, tz="UTC"), {}, mapped)
+        labels = pod["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in spec["podSelector"]["matchLabels"].items())
+
+
+def test_network_policy_extra_egress_is_appended(chart):
+    spec = only(render(chart, VALUE_SETS["everything_on"]), "NetworkPolicy")["spec"]
+    assert spec["egress"][-1]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert spec["egress"][1]["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]
 
 
 def test_separate_namespaces_put_settings_with_airflow_and_pods_elsewhere(chart):
     docs = render(chart, VALUE_SETS["separate_namespaces"], namespace="airflow")
 
-    assert only(docs, "Namespace")["metadata"]["name"] == "gpu-pods"
+    namespace = only(docs, "Namespace")
+    assert namespace["metadata"]["name"] == "gpu-pods"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert only(docs, "ConfigMap")["metadata"]["namespace"] == "airflow"
     assert settings(docs)["VLMPROBE_NAMESPACE"] == "gpu-pods"
-    for kind in ("ServiceAccount", "PersistentVolumeClaim", "Role", "RoleBinding"):
-        assert only(docs, kind)["metadata"]["namespace"] == "gpu-pods"
+    for doc in docs:
+        if doc["kind"] in ("ServiceAccount", "PersistentVolumeClaim", "Role", "RoleBinding", "NetworkPolicy",
+                           "ResourceQuota"):
+            assert doc["metadata"]["namespace"] == "gpu-pods", doc["kind"]
 
 
 def test_namespace_create_for_the_release_namespace_is_refused(chart):
@@ -255,6 +360,7 @@ def test_create_secret_without_a_key_is_refused(chart):
 
 
 def test_gpu_quota_caps_gpu_requests(chart):
+    assert only(render(chart, {}), "ResourceQuota")["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}
     quota = only(render(chart, VALUE_SETS["everything_on"]), "ResourceQuota")
 
     assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "16"}
@@ -279,6 +385,9 @@ def test_defaults_pass_the_schema(chart):
         ({"data": {"createClaim": "yes"}}, "/data/createClaim"),
         ({"data": {"accessModes": ["RWX"]}}, "/data/accessModes/0"),
         ({"gemini": {"apikey": "x"}}, "apikey"),
+        ({"pods": {"probe": {"memoryPerGpu": "32 GB"}}}, "/pods/probe/memoryPerGpu"),
+        ({"policy": {"allowedTargetEndpoints": ["vllm:8000"]}}, "/policy/allowedTargetEndpoints/0"),
+        ({"priorityClass": {"create": True}}, "priorityClass"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_bad_types(chart, values, where):
@@ -336,6 +445,15 @@ def test_airflow_values_load_the_settings_and_run_pods_in_the_cluster(chart):
     assert {"name": "VLMPROBE_POD_MODE", "value": "cluster"} in values["env"]
     assert not any(item["name"].startswith("VLMPROBE_GEMINI") for item in values["env"])
     assert values["dags"]["gitSync"]["enabled"] is False
+    # Pod rights come from the companion chart's Roles only (no pods/exec); the triggerer waits for pods
+    assert values["allowPodLaunching"] is False and values["triggerer"]["enabled"] is True
+    chart_values = chart.values
+    pod_sc = values["securityContexts"]["pod"]
+    # Airflow's tasks share the step pods' group on the data volume
+    assert pod_sc["fsGroup"] == chart_values["securityContext"]["sharedGroup"] in pod_sc["supplementalGroups"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert values["securityContexts"]["containers"] == {"allowPrivilegeEscalation": False,
+                                                        "capabilities": {"drop": ["ALL"]}}
     assert values["airflowVersion"] == "3.3.2"
     # Workers read step outputs from the same claim, at the same path, as the GPU pods.
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in values["workers"]["extraVolumes"]}

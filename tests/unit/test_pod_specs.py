@@ -97,3 +97,91 @@ def test_cpu_only_qa_pod_asks_for_no_gpu(dag):
 def test_pool_slots_count_gpus(dag):
     assert dag.get_task("probe").pool_slots == 8
     assert dag.get_task("qa.generate").pool_slots == 1
+
+
+@pytest.mark.parametrize("conf,cpu,memory", [({}, "64", "256Gi"), ({"nproc_per_node": 2}, "16", "64Gi")])
+def test_probe_cpu_and_memory_follow_its_gpu_count(dag, conf, cpu, memory):
+    _, pod = render_pod(dag, "probe", RUN, conf)
+    res = _main(pod)["resources"]
+    assert res["requests"]["cpu"] == res["limits"]["cpu"] == cpu
+    assert res["requests"]["memory"] == res["limits"]["memory"] == memory
+
+
+def test_qa_pod_resources_are_per_pod(dag):
+    _, pod = render_pod(dag, "qa.generate", RUN, {}, {"shard_index": "0"})
+    res = _main(pod)["resources"]
+    assert res["requests"] == res["limits"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+
+
+def test_resources_come_from_the_settings(dag):
+    from kubernetes.client import ApiClient
+
+    from operators import DeploymentSettings, GpuPodOperator
+    from podrender import offline_context
+
+    settings = DeploymentSettings.from_env({"VLMPROBE_PROBE_CPU_PER_GPU": "1500m",
+                                            "VLMPROBE_PROBE_MEMORY_PER_GPU": "12.5Gi"})
+    op = GpuPodOperator(task_id="p", settings=settings, step="probe", gpus=3, cmds=["vlmprobe"], arguments=["probe"])
+    pod = ApiClient().sanitize_for_serialization(op.build_pod_request_obj(offline_context(dag, op, RUN), dry_run=True))
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "4500m", "memory": "37.5Gi",
+                                                                   "nvidia.com/gpu": "3"}
+    with pytest.raises(ValueError, match="VLMPROBE_QA_MEMORY"):
+        DeploymentSettings.from_env({"VLMPROBE_QA_MEMORY": "16 GB"})
+
+
+@pytest.mark.parametrize("run_id,expected", [
+    ("scheduled__2026-11-25T02:00:00+00:00", "vlmprobe-scheduled"),
+    ("manual__2026-11-25T09:30:00+00:00", "vlmprobe-scheduled"),
+    ("backfill__2026-11-03T02:00:00+00:00", "vlmprobe-backfill"),
+])
+def test_priority_class_follows_the_run_type(dag, run_id, expected):
+    from kubernetes.client import ApiClient
+
+    from operators import DeploymentSettings, GpuPodOperator
+    from podrender import offline_context
+
+    settings = DeploymentSettings(priority_class="vlmprobe-scheduled", backfill_priority_class="vlmprobe-backfill")
+    op = GpuPodOperator(task_id="probe", settings=settings, step="probe", gpus=8, cmds=["true"])
+    pod = op.build_pod_request_obj(offline_context(dag, op, RUN, run_id=run_id), dry_run=True)
+    assert ApiClient().sanitize_for_serialization(pod)["spec"]["priorityClassName"] == expected
+
+
+def test_pod_cannot_outlive_its_task(dag):
+    _, pod = render_pod(dag, "probe", RUN)
+    assert pod["spec"]["activeDeadlineSeconds"] == int(dag.get_task("probe").execution_timeout.total_seconds())
+
+
+def test_step_pods_carry_the_label_the_network_policy_selects(dag):
+    from operators.gpu_pod import STEP_POD_LABEL, STEP_POD_LABEL_VALUE
+
+    for task_id, mapped in (("probe", None), ("qa.generate", {"shard_index": "0"})):
+        _, pod = render_pod(dag, task_id, RUN, {}, mapped)
+        assert pod["metadata"]["labels"][STEP_POD_LABEL] == STEP_POD_LABEL_VALUE
+
+
+def test_no_xcom_sidecar_and_failures_keep_their_log_tail(dag):
+    for task_id, mapped in (("probe", None), ("qa.generate", {"shard_index": "0"})):
+        task = dag.get_task(task_id)
+        assert task.do_xcom_push is False
+        _, pod = render_pod(dag, task_id, RUN, {}, mapped)
+        assert [c["name"] for c in pod["spec"]["containers"]] == ["base"]
+        assert _main(pod)["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        assert "VLMPROBE_XCOM_FILE" not in {e["name"] for e in _main(pod)["env"]}
+
+
+def test_new_deployment_settings_from_env():
+    from operators import DeploymentSettings
+
+    s = DeploymentSettings.from_env({
+        "VLMPROBE_ALLOWED_URI_PREFIXES": "/data, gs://team/vqa ,",
+        "VLMPROBE_ALLOWED_TARGET_ENDPOINTS": "http://vllm.ml.svc:8000/v1",
+        "VLMPROBE_DEFERRABLE": "false", "VLMPROBE_POD_LOG_INTERVAL": "0", "VLMPROBE_RUN_AS_USER": "2000",
+        "VLMPROBE_BACKFILL_PRIORITY_CLASS": "low"})
+    assert s.allowed_uri_prefixes == ("/data", "gs://team/vqa")
+    assert s.allowed_target_endpoints == ("http://vllm.ml.svc:8000/v1",)
+    assert s.deferrable is False and s.pod_log_interval == 0 and s.run_as_user == 2000
+    assert s.backfill_priority_class == "low"
+    with pytest.raises(ValueError, match="VLMPROBE_RUN_AS_USER"):
+        DeploymentSettings.from_env({"VLMPROBE_RUN_AS_USER": "0"})
+    with pytest.raises(ValueError, match="VLMPROBE_DEFERRABLE"):
+        DeploymentSettings.from_env({"VLMPROBE_DEFERRABLE": "maybe"})

@@ -93,3 +93,16 @@ def test_storage_errors_that_may_pass_are_left_to_the_retry(tmp_path, demo_parqu
     monkeypatch.setattr(fs, "list_files", flaky)
     with pytest.raises(OSError, match="NETWORK_CONNECTION"):
         preflight(_context(tmp_path, input_uri=demo_parquet))
+
+
+def test_the_run_folder_the_preflight_creates_is_group_writable(tmp_path, demo_parquet):
+    import os
+    import stat
+
+    old = os.umask(0o022)  # an Airflow worker's usual umask
+    try:
+        preflight(_context(tmp_path, input_uri=demo_parquet))
+    finally:
+        os.umask(old)
+    # the probe pod runs as another user of the same group: it must be able to write here
+    assert stat.S_IMODE((tmp_path / "out" / "2026-11-25").stat().st_mode) & stat.S_IWGRP

@@ -59,6 +59,11 @@ vlmprobe-settings
 {{- printf "%s-pod-launcher" (include "vlmprobe.fullname" .) }}
 {{- end }}
 
+{{/* The Role (and RoleBinding) that lets the triggerer read pods. */}}
+{{- define "vlmprobe.podWatcherName" -}}
+{{- printf "%s-pod-watcher" (include "vlmprobe.fullname" .) }}
+{{- end }}
+
 {{/* The data claim: the created one, or the existing one. */}}
 {{- define "vlmprobe.dataClaimName" -}}
 {{- if .Values.data.createClaim }}

@@ -179,11 +179,11 @@ class RankProbe:
         try:
             fc = await self.teacher.generate(
                 factor_prompt(self.templates, ex.question, ex.answer, prediction, ex.choices),
-                FactorCompletion, images=images)
+                FactorCompletion, images=images, kind="factor")
             factor: FactorCompletion = fc.parsed
             vr = await self.teacher.generate(
                 verify_prompt(ex.question, ex.answer, prediction, factor.category, factor.completion),
-                Verification, images=images)
+                Verification, images=images, kind="verify")
         except TeacherError as e:
             self._count_tokens(e.usage, fc.usage if fc else None)  # failed attempts are billed too
             self._error(f"teacher_{e.reason}", str(e), ex.row, ex.id)

@@ -14,23 +14,9 @@ from typing import Any
 
 from vlmprobe.config import PublishConfig
 from vlmprobe.io import RunLayout, exists, iter_jsonl, read_json, write_json
+from vlmprobe.teacher.pricing import PRICES_PER_MTOK, estimate_cost  # noqa: F401  (the one price table)
 
 log = logging.getLogger("vlmprobe.publish")
-
-# USD per million tokens (input, output), list prices for short prompts. An estimate, not a bill.
-PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
-    "gemini-2.5-flash": (0.30, 2.50),
-    "gemini-2.5-flash-lite": (0.10, 0.40),
-    "gemini-2.5-pro": (1.25, 10.00),
-    "gemini-2.0-flash": (0.10, 0.40),
-}
-
-
-def estimate_cost(model: str, prompt_tokens: int, output_tokens: int) -> float | None:
-    price = PRICES_PER_MTOK.get(model)
-    if price is None:
-        return None
-    return round((prompt_tokens * price[0] + output_tokens * price[1]) / 1e6, 6)
 
 
 def _count_lines(uri: str) -> int:

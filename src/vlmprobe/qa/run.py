@@ -127,7 +127,7 @@ class ShardQA:
         prompt = qa_prompt(rec["question"], rec["answer"], rec["prediction"], rec["failure_key"],
                            factor["completion"], self.cfg.max_items)
         try:
-            result = await self.teacher.generate(prompt, QASet, images=[(data, mime)])
+            result = await self.teacher.generate(prompt, QASet, images=[(data, mime)], kind="qa")
         except TeacherError as e:
             if e.usage is not None:  # failed attempts are billed too
                 out.tokens.update(prompt_tokens=e.usage.prompt_tokens, output_tokens=e.usage.output_tokens)

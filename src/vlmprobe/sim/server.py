@@ -9,15 +9,21 @@ types and the snake_case keys google-genai 3.6.1 sends, or ``responseJsonSchema`
 and seed give the same answer. ``GET /stats`` returns the counters as JSON.
 
 Faults are injected per request number from the seed, so a test is reproducible: latency with
-±50% jitter, HTTP 429 with a ``RetryInfo`` delay, 503, 200 with truncated JSON, and a per-model
-quota after which every request is a 429 without ``RetryInfo``.
+±50% jitter, HTTP 429 with a ``RetryInfo`` delay, 503, 200 with truncated JSON, SAFETY and
+MAX_TOKENS answers, a blocked prompt, a 200 that is not JSON. Quotas are enforced the way Gemini
+does: requests and input tokens per rolling minute and requests per day, each 429 naming its
+quota (QuotaFailure) with a RetryInfo; an older per-model quota caps successful answers. Forced
+modes answer every request with Gemini's bodies for a bad key (400 API_KEY_INVALID), 401, 403 or
+an unknown model (404). Thinking tokens are reported unless the request turns thinking off.
+``GET /requests`` returns the request log (a SHA-256 of each body, its status and outcome), so a
+test can count repeats of the same request.
 
 A request without an ``x-goog-api-key`` header is refused with 403; the key's value is never
 logged or stored. Stdlib only; it binds loopback addresses only.
 
 Run it with ``vlmprobe gemini-sim`` or ``python -m vlmprobe.sim.server``; in tests use
 ``with GeminiSimulator(port=0) as sim: ... sim.base_url``. Safe to restart at any time: it keeps
-no state besides its counters.
+no state besides its counters, quota windows and request log.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import collections
 import hashlib
 import ipaddress
 import json
@@ -47,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 _GENERATE_PATH = re.compile(r"^/(v1beta|v1)/models/([^/:]+):generateContent$")
 _MEDIA_PREFIXES = ("image/", "video/", "audio/", "text/", "application/pdf")
-TOKENS_PER_IMAGE = 258
+TOKENS_PER_IMAGE = 258  # per image up to 384 px on both sides, and per 384 px tile of a larger one
+TILE_SIDE = 384
 _MAX_DEPTH = 8
 _STOPWORDS = frozenset(
     "the and for are but not you all any can had her was one our out has him his how its may new now "
@@ -76,6 +84,8 @@ class SimStats:
         self.max_in_flight = 0
         self.prompt_tokens = 0
         self.output_tokens = 0
+        self.thinking_tokens = 0
+        self.quota_rejections: Counter[str] = Counter()  # 429s by quota: rpm, tpm, rpd, quota
 
     def begin(self, model: str) -> int:
         """Count a request's arrival; returns its number (0-based), which seeds its faults."""
@@ -100,10 +110,15 @@ class SimStats:
             self.successes_by_model[model] += 1
             return True
 
-    def add_tokens(self, prompt: int, output: int) -> None:
+    def add_tokens(self, prompt: int, output: int, thinking: int = 0) -> None:
         with self._lock:
             self.prompt_tokens += prompt
             self.output_tokens += output
+            self.thinking_tokens += thinking
+
+    def rejected(self, quota: str) -> None:
+        with self._lock:
+            self.quota_rejections[quota] += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -116,6 +131,8 @@ class SimStats:
                 "max_in_flight": self.max_in_flight,
                 "prompt_tokens": self.prompt_tokens,
                 "output_tokens": self.output_tokens,
+                "thinking_tokens": self.thinking_tokens,
+                "quota_rejections": dict(self.quota_rejections),
             }
 
 
@@ -351,8 +368,48 @@ class _BadRequest(Exception):
     """The body is not a request Gemini would accept: answered 400 INVALID_ARGUMENT."""
 
 
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, GIF, JPEG or WEBP header; None for anything else."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:4] == b"GIF8" and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        chunk = data[12:16]
+        if chunk == b"VP8 ":
+            return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+        if chunk == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+        if chunk == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+        return None
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 < len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            i += 2 + length
+    return None
+
+
+def media_tokens(data: bytes) -> int:
+    """Input tokens of one media part: 258 per 384 px tile of an image, 258 for anything else."""
+    size = _image_size(data)
+    if size is None or (size[0] <= TILE_SIDE and size[1] <= TILE_SIDE):
+        return TOKENS_PER_IMAGE
+    return TOKENS_PER_IMAGE * math.ceil(size[0] / TILE_SIDE) * math.ceil(size[1] / TILE_SIDE)
+
+
 def _read_prompt(body: Any) -> tuple[str, int]:
-    """The request's text (contents and system instruction) and its number of media parts."""
+    """The request's text (contents and system instruction) and the input tokens of its media parts."""
     if not isinstance(body, dict):
         raise _BadRequest("The request body must be a JSON object.")
     contents = body.get("contents")
@@ -379,22 +436,31 @@ def _read_prompt(body: Any) -> tuple[str, int]:
                 try:
                     # google-genai sends URL-safe base64 (-_), other clients the standard one (+/).
                     data = str(inline.get("data", "")).replace("-", "+").replace("_", "/")
-                    base64.b64decode(data, validate=True)
+                    decoded = base64.b64decode(data, validate=True)
                 except (binascii.Error, ValueError):
                     raise _BadRequest("Invalid value at 'contents.parts.inline_data.data': not base64.") from None
-                media += 1
+                media += media_tokens(decoded)
             elif isinstance(_key(part, "fileData"), dict):
-                media += 1
+                media += TOKENS_PER_IMAGE
             else:
                 raise _BadRequest("A part must hold text, inlineData or fileData.")
     return "\n".join(texts), media
+
+
+_LENGTH_KEYS = frozenset({"maxOutputTokens", "max_output_tokens", "thinkingConfig", "thinking_config"})
 
 
 def _answer_text(body: dict[str, Any], prompt: str, seed: int, verify_true_rate: float) -> str:
     """The model's reply: JSON valid against the request's schema, or plain text without one."""
     config = _key(body, "generationConfig") or {}
     schema = _key(config, "responseJsonSchema") or _key(config, "responseSchema")
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode() + f"|{seed}".encode()).digest()
+    # The answer does not depend on how long it may be or how much the model may think: a retry
+    # with a larger max_output_tokens gets the same answer, whole.
+    content = dict(body)
+    for key in ("generationConfig", "generation_config"):
+        if isinstance(content.get(key), dict):
+            content[key] = {k: v for k, v in content[key].items() if k not in _LENGTH_KEYS}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode() + f"|{seed}".encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))
     writer = _AnswerWriter(rng, schema if isinstance(schema, dict) else {}, prompt, verify_true_rate)
     if isinstance(schema, dict):
@@ -414,11 +480,106 @@ def _truncate(text: str) -> str:
     return cut + ","
 
 
+def _cut_off(text: str, chars: int) -> str:
+    """The first ``chars`` characters of a JSON text, never a complete JSON value (as Gemini cuts an
+    answer off at max_output_tokens)."""
+    cut = text[: max(chars, 0)]
+    if len(cut) >= len(text):
+        cut = text[:-1]
+    try:
+        json.loads(cut)
+    except ValueError:
+        return cut
+    return cut[:-1] if len(cut) > 1 else ""
+
+
 def _google_error(code: int, status: str, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     error: dict[str, Any] = {"code": code, "message": message, "status": status}
     if details:
         error["details"] = details
     return {"error": error}
+
+
+_RPC = "type.googleapis.com/google.rpc."
+_RATE_LIMITS_HELP = {"@type": _RPC + "Help", "links": [
+    {"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]}
+# The quotas as Gemini names them in a 429's QuotaFailure: (quotaMetric, quotaId).
+QUOTA_NAMES = {
+    "rpm": ("generativelanguage.googleapis.com/generate_content_paid_tier_requests",
+            "GenerateRequestsPerMinutePerProjectPerModel"),
+    "tpm": ("generativelanguage.googleapis.com/generate_content_paid_tier_input_token_count",
+            "GenerateContentPaidTierInputTokensPerModelPerMinute"),
+    "rpd": ("generativelanguage.googleapis.com/generate_content_paid_tier_requests",
+            "GenerateRequestsPerDayPerProjectPerModel"),
+}
+FAIL_MODES = ("invalid_key", "401", "403", "404")
+
+
+def _retry_delay(seconds: float) -> str:
+    return f"{max(seconds, 0.0):.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def _quota_error(quota: str, model: str, limit: int, delay_s: float) -> dict[str, Any]:
+    """A 429 as Gemini words it: the quota's metric and id in a QuotaFailure, and a RetryInfo."""
+    metric, quota_id = QUOTA_NAMES[quota]
+    message = (
+        "You exceeded your current quota, please check your plan and billing details. For more information on "
+        "this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n"
+        f"* Quota exceeded for metric: {metric}, limit: {limit}, model: {model}\n"
+        f"Please retry in {delay_s:.2f}s."
+    )
+    violation = {"quotaMetric": metric, "quotaId": quota_id,
+                 "quotaDimensions": {"location": "global", "model": model}, "quotaValue": str(limit)}
+    return _google_error(429, "RESOURCE_EXHAUSTED", message, [
+        {"@type": _RPC + "QuotaFailure", "violations": [violation]}, _RATE_LIMITS_HELP,
+        {"@type": _RPC + "RetryInfo", "retryDelay": _retry_delay(delay_s)}])
+
+
+def _fail_error(mode: str, model: str, api_key: str) -> tuple[int, dict[str, Any]]:
+    """The error bodies Gemini sends for a bad key, missing credentials, no permission, unknown model."""
+    if mode == "invalid_key":
+        message = "API key not valid. Please pass a valid API key."
+        return 400, _google_error(400, "INVALID_ARGUMENT", message, [
+            {"@type": _RPC + "ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com"}},
+            {"@type": _RPC + "LocalizedMessage", "locale": "en-US", "message": message}])
+    if mode == "401":
+        return 401, _google_error(401, "UNAUTHENTICATED", (
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other "
+            "valid authentication credential."), [
+            {"@type": _RPC + "ErrorInfo", "reason": "CREDENTIALS_MISSING", "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com", "method": "GenerateContent"}}])
+    if mode == "403":
+        # Gemini names the consumer, key included, in this message: clients must not echo it.
+        return 403, _google_error(403, "PERMISSION_DENIED", f"Permission denied: Consumer 'api_key:{api_key}' "
+                                  "has been suspended.", [
+            {"@type": _RPC + "ErrorInfo", "reason": "CONSUMER_SUSPENDED", "domain": "googleapis.com",
+             "metadata": {"service": "generativelanguage.googleapis.com"}}])
+    return 404, _google_error(404, "NOT_FOUND", (
+        f"models/{model} is not found for API version v1beta, or is not supported for generateContent. "
+        "Call ListModels to see the list of available models and their supported methods."))
+
+
+def _usage(prompt_tokens: int, output_tokens: int, thinking_tokens: int) -> dict[str, int]:
+    usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": output_tokens,
+             "totalTokenCount": prompt_tokens + output_tokens + thinking_tokens}
+    if thinking_tokens:
+        usage["thoughtsTokenCount"] = thinking_tokens
+    return usage
+
+
+_SAFETY_RATINGS = [
+    {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH", "blocked": True},
+    {"category": "HARM_CATEGORY_HARASSMENT", "probability": "NEGLIGIBLE"},
+]
+NON_JSON_BODY = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>upstream hiccup</body></html>"
+
+
+class _Raw:
+    """A response body that is not JSON (the simulated non-JSON 200)."""
+
+    def __init__(self, data: bytes, content_type: str) -> None:
+        self.data, self.content_type = data, content_type
 
 
 # ---------------------------------------------------------------------------- the server
@@ -436,18 +597,20 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send_json(self, code: int, payload: Any, path: str) -> None:
-        data = json.dumps(payload).encode()
+        raw = payload if isinstance(payload, _Raw) else _Raw(json.dumps(payload).encode(), "application/json; charset=UTF-8")
         logger.debug("%s %s -> %d", self.command, path, code)  # before the client can see the answer
         self.send_response(code)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Type", raw.content_type)
+        self.send_header("Content-Length", str(len(raw.data)))
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(raw.data)
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/stats":
             self._send_json(200, self.server.sim.stats(), path)
+        elif path == "/requests":
+            self._send_json(200, {"requests": self.server.sim.request_log()}, path)
         else:
             self._send_json(404, _google_error(404, "NOT_FOUND", f"No route for GET {path}."), path)
 
@@ -459,7 +622,8 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"No route for POST {path}; the simulator answers models/{{model}}:generateContent."
             self._send_json(404, _google_error(404, "NOT_FOUND", message), path)
             return
-        if not self.headers.get("x-goog-api-key"):
+        api_key = self.headers.get("x-goog-api-key")
+        if not api_key:
             message = (
                 "Method doesn't allow unregistered callers (callers without established identity). "
                 "Please use API Key or other form of API consumer identity to call this API."
@@ -470,7 +634,7 @@ class _Handler(BaseHTTPRequestHandler):
         model = match.group(2)
         number = sim.counters.begin(model)
         try:
-            status, payload = sim._generate(number, model, raw)
+            status, payload = sim._generate(number, model, raw, api_key)
         except Exception:
             logger.exception("The simulator failed on request %d", number)
             status, payload = 500, _google_error(500, "INTERNAL", "The simulator failed; see its log.")
@@ -537,11 +701,28 @@ def _loopback_host(host: str) -> str:
 class GeminiSimulator:
     """A Gemini-compatible server in a background thread; use it as a context manager.
 
-    ``latency_ms`` is the mean latency (uniform jitter ±50%). ``rate_429``, ``rate_503`` and
-    ``rate_malformed`` are the fractions of requests answered with a 429 (with a ``RetryInfo``
-    of ``retry_delay_s``), a 503, or a 200 whose JSON is cut off. ``quota`` caps successful
-    answers per model; later requests get a 429 without ``RetryInfo``. Faults depend only on
-    ``seed`` and the request's number; answers only on ``seed`` and the request body.
+    ``latency_ms`` is the mean latency (uniform jitter ±50%). Seeded faults, each a fraction of
+    requests: ``rate_429`` (a 429 with a ``RetryInfo`` of ``retry_delay_s``), ``rate_503``,
+    ``rate_malformed`` (a 200 whose JSON is cut off), ``rate_safety`` (finish reason SAFETY, no
+    text), ``rate_blocked`` (the prompt blocked: no candidates, ``promptFeedback.blockReason``),
+    ``rate_max_tokens`` (finish MAX_TOKENS, text cut off) and ``rate_non_json`` (a 200 whose
+    body is an HTML page). A request whose ``maxOutputTokens`` is below its answer (thinking
+    included) is cut off with MAX_TOKENS too. Thinking tokens (``thoughtsTokenCount``) are
+    reported unless the request's ``thinkingBudget`` is 0.
+
+    Quotas per model, as Gemini enforces them: ``rpm`` requests and ``tpm`` input tokens per
+    rolling ``quota_window_s`` (60 s), answered 429 with a QuotaFailure naming the quota and a
+    RetryInfo saying when a slot frees; ``rpd`` requests per day (the simulator never reaches
+    midnight), whose 429 names ``GenerateRequestsPerDayPerProjectPerModel``. Requests refused by
+    a quota do not count against it. ``quota`` (older) caps successful answers per model, then
+    answers 429 without ``RetryInfo``. ``fail`` forces every request to one error: ``invalid_key``
+    (400 API_KEY_INVALID), ``401``, ``403``, ``404``; ``models`` (when given) lists the models
+    that exist, others get the 404.
+
+    Every generateContent request is logged (:meth:`request_log`, ``GET /requests``, and
+    appended to ``request_log`` as JSONL when given) with a SHA-256 of its body (JSON,
+    canonicalised), so a test can count how often the same request was sent. Faults depend only
+    on ``seed`` and the request's number; answers only on ``seed`` and the request body.
     """
 
     def __init__(
@@ -554,31 +735,63 @@ class GeminiSimulator:
         retry_delay_s: float = 0.2,
         rate_503: float = 0.0,
         rate_malformed: float = 0.0,
+        rate_safety: float = 0.0,
+        rate_blocked: float = 0.0,
+        rate_max_tokens: float = 0.0,
+        rate_non_json: float = 0.0,
         quota: int | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        rpd: int | None = None,
+        quota_window_s: float = 60.0,
+        fail: str | None = None,
+        models: list[str] | tuple[str, ...] | set[str] | None = None,
+        request_log: str | os.PathLike[str] | None = None,
         verify_true_rate: float = 0.85,
         seed: int = 0,
     ) -> None:
         self.host = _loopback_host(host)
-        rates = {"rate_429": rate_429, "rate_503": rate_503, "rate_malformed": rate_malformed}
+        rates = {"rate_429": rate_429, "rate_503": rate_503, "rate_malformed": rate_malformed,
+                 "rate_safety": rate_safety, "rate_blocked": rate_blocked, "rate_max_tokens": rate_max_tokens,
+                 "rate_non_json": rate_non_json}
         for name, rate in {**rates, "verify_true_rate": verify_true_rate}.items():
             if not 0.0 <= rate <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {rate}.")
         if sum(rates.values()) > 1.0:
-            raise ValueError(f"rate_429 + rate_503 + rate_malformed must be at most 1, got {sum(rates.values())}.")
+            raise ValueError(f"the fault rates ({', '.join(rates)}) must add up to at most 1, got {sum(rates.values())}.")
         if latency_ms < 0 or retry_delay_s < 0:
             raise ValueError("latency_ms and retry_delay_s must not be negative.")
-        if quota is not None and quota < 0:
-            raise ValueError(f"quota must be None (unlimited) or >= 0, got {quota}.")
+        for name, value in (("quota", quota), ("rpm", rpm), ("tpm", tpm), ("rpd", rpd)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be None (unlimited) or >= 0, got {value}.")
+        if quota_window_s <= 0:
+            raise ValueError(f"quota_window_s must be > 0, got {quota_window_s}.")
+        if fail is not None and fail not in FAIL_MODES:
+            raise ValueError(f"fail must be one of {', '.join(FAIL_MODES)}, got {fail!r}.")
         self.requested_port = port
         self.latency_ms = latency_ms
         self.rate_429 = rate_429
         self.retry_delay_s = retry_delay_s
         self.rate_503 = rate_503
         self.rate_malformed = rate_malformed
+        self.rate_safety = rate_safety
+        self.rate_blocked = rate_blocked
+        self.rate_max_tokens = rate_max_tokens
+        self.rate_non_json = rate_non_json
         self.quota = quota
+        self.rpm, self.tpm, self.rpd = rpm, tpm, rpd
+        self.quota_window_s = quota_window_s
+        self.fail = fail
+        self.models = frozenset(models) if models is not None else None
+        self.request_log_path = Path(request_log) if request_log is not None else None
         self.verify_true_rate = verify_true_rate
         self.seed = seed
         self.counters = SimStats()
+        self._quota_lock = threading.Lock()
+        self._windows: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(collections.deque)
+        self._days: Counter[str] = Counter()
+        self._log_lock = threading.Lock()
+        self._log: list[dict[str, Any]] = []
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -623,15 +836,32 @@ class GeminiSimulator:
         return f"http://{host}:{self.port}"
 
     def stats(self) -> dict[str, Any]:
-        """The counters (requests, by status, by model, in flight, tokens) as a JSON-able dict."""
+        """The counters (requests, by status, by model, in flight, tokens, quota 429s) as a JSON-able dict."""
         return self.counters.snapshot()
+
+    def request_log(self) -> list[dict[str, Any]]:
+        """Every generateContent request so far: number ``n``, arrival ``time`` (epoch s), ``model``,
+        ``status``, ``outcome`` (ok, a fault, or the quota that refused it), ``sha256`` of the body,
+        its ``prompt_tokens`` and ``max_output_tokens``."""
+        with self._log_lock:
+            return [dict(entry) for entry in self._log]
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        with self._log_lock:
+            self._log.append(entry)
+            if self.request_log_path is not None:
+                with open(self.request_log_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(entry, sort_keys=True) + "\n")
 
     # -- one request
 
-    def planned_fault(self, number: int) -> str | None:
-        """The fault planned for request ``number`` (0-based): "429", "503", "malformed" or None.
+    _FAULTS = ("429", "503", "malformed", "safety", "blocked", "max_tokens", "non_json")
 
-        Quota 429s and 400s for bad requests come on top of this plan.
+    def planned_fault(self, number: int) -> str | None:
+        """The fault planned for request ``number`` (0-based): one of "429", "503", "malformed",
+        "safety", "blocked", "max_tokens", "non_json", or None.
+
+        Quota 429s, forced failures and 400s for bad requests come on top of this plan.
         """
         faults = random.Random(f"{self.seed}:{number}")
         faults.uniform(0.5, 1.5)  # the latency draw comes first, as in _generate
@@ -639,52 +869,137 @@ class GeminiSimulator:
 
     def _fault(self, faults: random.Random) -> str | None:
         draw = faults.random()
-        for fault, edge in (("429", self.rate_429), ("503", self.rate_503), ("malformed", self.rate_malformed)):
+        for fault in self._FAULTS:
+            edge = getattr(self, f"rate_{fault}")
             if draw < edge:
                 return fault
             draw -= edge
         return None
 
-    def _generate(self, number: int, model: str, raw: bytes) -> tuple[int, dict[str, Any]]:
-        """Status and JSON payload for request ``number``; sleeps for its latency first."""
-        faults = random.Random(f"{self.seed}:{number}")
-        jitter = faults.uniform(0.5, 1.5)
-        if self.latency_ms:
-            time.sleep(self.latency_ms * jitter / 1000.0)
+    def _admit(self, model: str, prompt_tokens: int) -> tuple[str, int, float] | None:
+        """Count the request against the model's quotas; (quota, limit, retry delay) when one refuses it."""
+        with self._quota_lock:
+            now = time.monotonic()
+            window = self._windows[model]
+            while window and window[0][0] <= now - self.quota_window_s:
+                window.popleft()
+            if self.rpd is not None and self._days[model] >= self.rpd:
+                return "rpd", self.rpd, 43.0  # Gemini's RetryInfo on a daily 429 is short: it is no promise
+            if self.rpm is not None and len(window) >= self.rpm:
+                return "rpm", self.rpm, window[0][0] + self.quota_window_s - now if window else self.quota_window_s
+            if self.tpm is not None:
+                used = sum(tokens for _, tokens in window)
+                if used + prompt_tokens > self.tpm:
+                    freed, delay = used + prompt_tokens - self.tpm, self.quota_window_s
+                    for at, tokens in window:  # when enough of the window's tokens have left it
+                        freed -= tokens
+                        if freed <= 0:
+                            delay = at + self.quota_window_s - now
+                            break
+                    return "tpm", self.tpm, delay
+            window.append((now, prompt_tokens))
+            self._days[model] += 1
+            return None
+
+    def _generate(self, number: int, model: str, raw: bytes, api_key: str = "") -> tuple[int, Any]:
+        """Status and payload for request ``number``; sleeps for its latency first (quota and forced
+        errors answer at once)."""
+        arrived = time.time()
         try:
             body = json.loads(raw or b"null")
+            digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        except ValueError:
+            body, digest = None, hashlib.sha256(raw).hexdigest()
+        config = (_key(body, "generationConfig") or {}) if isinstance(body, dict) else {}
+        max_output = _key(config, "maxOutputTokens") if isinstance(config, dict) else None
+        entry: dict[str, Any] = {"n": number, "time": round(arrived, 6), "model": model, "sha256": digest,
+                                 "prompt_tokens": None, "max_output_tokens": max_output}
+        status, payload, outcome = self._answer(number, model, body, api_key, entry)
+        entry.update(status=status, outcome=outcome)
+        self._record(entry)
+        return status, payload
+
+    def _answer(self, number: int, model: str, body: Any, api_key: str,
+                entry: dict[str, Any]) -> tuple[int, Any, str]:
+        if self.fail is not None:
+            status, payload = _fail_error(self.fail, model, api_key)
+            return status, payload, f"fail_{self.fail}"
+        if self.models is not None and model not in self.models:
+            status, payload = _fail_error("404", model, api_key)
+            return status, payload, "unknown_model"
+        faults = random.Random(f"{self.seed}:{number}")
+        jitter = faults.uniform(0.5, 1.5)
+        try:
+            if body is None:
+                raise ValueError("not JSON")
             prompt, media = _read_prompt(body)
         except (ValueError, _BadRequest) as e:
             message = str(e) if isinstance(e, _BadRequest) else "Invalid JSON payload received."
-            return 400, _google_error(400, "INVALID_ARGUMENT", message)
+            return 400, _google_error(400, "INVALID_ARGUMENT", message), "bad_request"
+        prompt_tokens = math.ceil(len(prompt) / 4) + media
+        entry["prompt_tokens"] = prompt_tokens
+        refused = self._admit(model, prompt_tokens)
+        if refused is not None:
+            quota, limit, delay = refused
+            self.counters.rejected(quota)
+            return 429, _quota_error(quota, model, limit, delay), f"quota_{quota}"
 
+        if self.latency_ms:
+            time.sleep(self.latency_ms * jitter / 1000.0)
         fault = self._fault(faults)
         if fault == "429":
-            retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.retry_delay_s:g}s"}
+            retry_info = {"@type": _RPC + "RetryInfo", "retryDelay": f"{self.retry_delay_s:g}s"}
             message = "Resource has been exhausted (e.g. check quota). Simulated rate limit."
-            return 429, _google_error(429, "RESOURCE_EXHAUSTED", message, [retry_info])
+            return 429, _google_error(429, "RESOURCE_EXHAUSTED", message, [retry_info]), "429"
         if fault == "503":
-            return 503, _google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.")
+            return 503, _google_error(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), "503"
+        if fault == "non_json":
+            return 200, _Raw(NON_JSON_BODY, "text/html; charset=UTF-8"), "non_json"
+        if fault == "blocked":
+            self.counters.add_tokens(prompt_tokens, 0)
+            return 200, {"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": _SAFETY_RATINGS},
+                         "usageMetadata": _usage(prompt_tokens, 0, 0), "modelVersion": model,
+                         "responseId": f"sim-{number}"}, "blocked"
         if not self.counters.reserve_success(model, self.quota):
             message = f"Quota exceeded for metric: generate_content_requests, limit: {self.quota}, model: {model}."
-            return 429, _google_error(429, "RESOURCE_EXHAUSTED", message)
+            self.counters.rejected("quota")
+            return 429, _google_error(429, "RESOURCE_EXHAUSTED", message), "quota"
 
         text = _answer_text(body, prompt, self.seed, self.verify_true_rate)
+        config = _key(body, "generationConfig") or {}
+        config = config if isinstance(config, dict) else {}
+        thinking = _key(config, "thinkingConfig")
+        budget = _key(thinking, "thinkingBudget") if isinstance(thinking, dict) else None
+        # No thinkingBudget: the model thinks as it likes; 0: not at all.
+        thoughts = 0 if budget == 0 else faults.randint(64, 512)
+        if isinstance(budget, int) and budget > 0:
+            thoughts = min(thoughts, budget)
+        finish, outcome = "STOP", "ok"
         if fault == "malformed":
-            text = _truncate(text)
-        prompt_tokens = math.ceil(len(prompt) / 4) + TOKENS_PER_IMAGE * media
+            text, outcome = _truncate(text), "malformed"
         output_tokens = max(1, math.ceil(len(text) / 4))
-        self.counters.add_tokens(prompt_tokens, output_tokens)
+        limit = _key(config, "maxOutputTokens")
+        limit = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+        if fault == "max_tokens" or (limit is not None and thoughts + output_tokens > limit):
+            # Thinking counts against maxOutputTokens, as on Gemini 2.5: the answer gets what is left.
+            if limit is not None:
+                thoughts = min(thoughts, limit)
+            room = limit - thoughts if limit is not None else output_tokens // 2
+            text = _cut_off(text, room * 4)
+            output_tokens = math.ceil(len(text) / 4)
+            finish, outcome = "MAX_TOKENS", "max_tokens"
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": [{"text": text}]},
+                                     "finishReason": finish, "index": 0}
+        if fault == "safety":
+            output_tokens, thoughts, outcome = 0, 0, "safety"
+            candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": _SAFETY_RATINGS}
+        self.counters.add_tokens(prompt_tokens, output_tokens, thoughts)
         return 200, {
-            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}],
-            "usageMetadata": {
-                "promptTokenCount": prompt_tokens,
-                "candidatesTokenCount": output_tokens,
-                "totalTokenCount": prompt_tokens + output_tokens,
-            },
+            "candidates": [candidate],
+            "usageMetadata": _usage(prompt_tokens, output_tokens, thoughts),
             "modelVersion": model,
             "responseId": f"sim-{number}",
-        }
+        }, outcome
 
 
 # ----------------------------------------------------------------------- process entry
@@ -732,7 +1047,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retry-delay", type=float, default=0.2, help="RetryInfo delay of those 429s, in seconds.")
     parser.add_argument("--rate-503", type=float, default=0.0, help="Fraction of requests answered 503 UNAVAILABLE.")
     parser.add_argument("--rate-malformed", type=float, default=0.0, help="Fraction answered 200 with cut-off JSON.")
+    parser.add_argument("--rate-safety", type=float, default=0.0, help="Fraction answered with finish reason SAFETY.")
+    parser.add_argument("--rate-blocked", type=float, default=0.0, help="Fraction whose prompt is blocked (no candidates).")
+    parser.add_argument("--rate-max-tokens", type=float, default=0.0, help="Fraction cut off with finish MAX_TOKENS.")
+    parser.add_argument("--rate-non-json", type=float, default=0.0, help="Fraction answered 200 with an HTML page.")
     parser.add_argument("--quota", type=int, default=None, help="Successful answers per model before every request is a 429.")
+    parser.add_argument("--rpm", type=int, default=None, help="Requests per model per rolling minute; more get a 429.")
+    parser.add_argument("--tpm", type=int, default=None, help="Input tokens per model per rolling minute; more get a 429.")
+    parser.add_argument("--rpd", type=int, default=None, help="Requests per model per day; more get a per-day 429.")
+    parser.add_argument("--quota-window", type=float, default=60.0, help="Length of the per-minute window, seconds.")
+    parser.add_argument("--fail", choices=FAIL_MODES, default=None,
+                        help="Answer every request with this error: 400 API_KEY_INVALID, 401, 403 or 404.")
+    parser.add_argument("--models", default=None, help="Comma-separated models that exist; others get a 404.")
+    parser.add_argument("--request-log", default=None, help="Append each request (body hash, status) to this JSONL file.")
     parser.add_argument("--verify-true-rate", type=float, default=0.85, help="Chance a 'verified'/'supported' field is true.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of answers and faults (default: %(default)s).")
 
@@ -749,7 +1076,18 @@ def main(args: argparse.Namespace) -> int:
             retry_delay_s=args.retry_delay,
             rate_503=args.rate_503,
             rate_malformed=args.rate_malformed,
+            rate_safety=args.rate_safety,
+            rate_blocked=args.rate_blocked,
+            rate_max_tokens=args.rate_max_tokens,
+            rate_non_json=args.rate_non_json,
             quota=args.quota,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            rpd=args.rpd,
+            quota_window_s=args.quota_window,
+            fail=args.fail,
+            models=[m.strip() for m in args.models.split(",") if m.strip()] if args.models else None,
+            request_log=args.request_log,
             verify_true_rate=args.verify_true_rate,
             seed=args.seed,
         )

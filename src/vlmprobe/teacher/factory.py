@@ -1,13 +1,53 @@
-"""Build the process's one teacher client from a step config."""
+"""Build the process's one teacher client from a step config.
+
+The run-wide quota folder is ``{output_uri}/{run_date}/_teacher``; the process's name there is
+stable across attempts: ``qa-shard-NNNNN`` for a QA shard (the config has ``shard_index``),
+``probe-rank-NNNNN`` for a probe rank (torchrun's ``RANK``), so a retried pod continues its
+own ledger.
+"""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 
-def make_teacher(cfg: Any):
-    """A :class:`~vlmprobe.teacher.client.Teacher` for a config with the TeacherSettings fields."""
-    from vlmprobe.teacher.client import RetryPolicy, Teacher
+def teacher_folder(cfg: Any) -> str:
+    """The run's ``_teacher`` folder (leases and ledgers) for a step config."""
+    from vlmprobe.io import RunLayout, join
 
-    return Teacher(cfg.gemini_model, concurrency=cfg.concurrency, request_delay=cfg.request_delay,
-                   retry=RetryPolicy(max_attempts=cfg.max_attempts), timeout_s=cfg.request_timeout_s)
+    return join(RunLayout(cfg.output_uri, cfg.run_date).root, "_teacher")
+
+
+def process_name(cfg: Any) -> str:
+    """This process's name among the run's teacher users."""
+    if getattr(cfg, "shard_index", None) is not None:
+        return f"qa-shard-{cfg.shard_index:05d}"
+    return f"probe-rank-{int(os.environ.get('RANK', 0)):05d}"
+
+
+def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | None = None):
+    """A :class:`~vlmprobe.teacher.client.Teacher` for a config with the TeacherSettings fields.
+
+    ``process`` and ``quota_folder`` default to :func:`process_name` and :func:`teacher_folder`.
+    """
+    from vlmprobe.teacher.client import RetryPolicy, Teacher
+    from vlmprobe.teacher.quota import QuotaLimits
+
+    limits = QuotaLimits(rpm=cfg.teacher_rpm, tpm=cfg.teacher_tpm, rpd=cfg.teacher_rpd,
+                         max_cost_usd=cfg.max_cost_usd)
+    retry = RetryPolicy(window_s=cfg.teacher_retry_window_s, max_attempts=cfg.max_attempts or None)
+    return Teacher(
+        cfg.gemini_model,
+        concurrency=cfg.concurrency,
+        request_delay=cfg.request_delay,
+        retry=retry,
+        timeout_s=cfg.request_timeout_s,
+        limits=limits,
+        quota_folder=quota_folder or teacher_folder(cfg),
+        process=process or process_name(cfg),
+        thinking_budget=cfg.thinking_budget,
+        max_output_tokens={"factor": cfg.max_output_tokens_factor, "verify": cfg.max_output_tokens_verify,
+                           "qa": cfg.max_output_tokens_qa},
+        image_max_side=cfg.teacher_image_max_side,
+    )
