@@ -1,4 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Each creates .venv on its own.
+# `make up` / `make down`: a local Airflow UI with the DAG in local pod mode (scripts/local_airflow.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ SCAN_VENV := .venv-scan
 SCAN_STAMP := $(SCAN_VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test scan bench clean
+.PHONY: demo test scan bench clean up down
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,13 @@ $(SCAN_STAMP): tests/policy/requirements.txt
 
 demo: $(STAMP)
 	$(BIN)/python -m vlmprobe.demo
+
+up: $(STAMP)
+	$(BIN)/python scripts/local_airflow.py up
+
+# Standard library only: stops what `make up` started even without the venv.
+down:
+	$(PYTHON) scripts/local_airflow.py down
 
 test: $(STAMP) $(SCAN_STAMP)
 	VLMPROBE_SCAN_VENV=$(SCAN_VENV) $(BIN)/pytest -m "not gpu" $(PYTEST_ARGS)

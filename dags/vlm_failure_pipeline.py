@@ -1,33 +1,51 @@
 """
 ### vlm_failure_pipeline — where does our VLM fail, and why?
 
-Every night (02:00 UTC) for the previous day's data:
+Every night at 02:00 UTC, for the day that just ended:
 
-1. **probe** — one pod with `nproc_per_node` GPUs runs `torchrun`; each rank asks the target
-   VLM the dataset's questions, and for each wrong answer Gemini completes a probing-factor
-   template and verifies it against the image → `probe/rank-*.jsonl`.
+1. **probe** — after a cheap preflight on the Airflow side (conf keys, input holds parquet files,
+   output writable), one pod with `nproc_per_node` GPUs runs the torchrun ranks; each asks the
+   target VLM the dataset's questions, and for each wrong answer Gemini completes a
+   probing-factor template and verifies it against the image → `probe/rank-*.jsonl`.
 2. **sample_keys** — keeps up to `samples_per_key` verified failures per failure key
    (`category:value`) → `sample/failures.jsonl`, `sample/shards.json`.
 3. **qa.generate** — one pod per shard asks Gemini for QA pairs that probe each failure's
    factor → `qa/shard-*.jsonl`.
-4. **publish** — checks every output and writes `manifest.json`.
+4. **publish** — checks every output, writes `manifest.json` and emits the
+   `vlmprobe_qa_dataset` Asset event with the manifest's counts.
+
+**Dates.** The schedule is a data interval at 02:00 UTC: the run starting at 02:00 on day D
+covers [D−1 02:00, D 02:00) and its **run date is D−1**, the start of its data interval.
+Catchup is off: unpausing runs at most the latest interval; past days are processed with
+`airflow backfill create`. A manual run with a logical date gets the last complete interval
+before it (logical date 2026-11-26T02:00 → run date 2026-11-25); a manual run without one gets
+the last complete interval before it was triggered (2026-11-26 09:30 → 2026-11-25).
+`input_uri` may contain `{run_date}` so each run reads its own day.
 
 Outputs live under `{output_uri}/{run_date}/`; rows that could not be processed are in
 `errors/` with their reason. Trigger with config to override any param; a conf that fails
-validation is refused before anything runs. Safe to rerun: each step replaces its outputs.
+validation is refused at trigger time, and a conf key that is not a param fails the first task
+(no retry) naming the closest valid key. Safe to rerun: each step replaces its outputs.
 """
 
 from __future__ import annotations
 
+import os
+
 import pendulum
-from airflow.sdk import Param, dag, task, task_group
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, task, task_group
 
 from operators import DeploymentSettings, GpuPodOperator
-from vlmprobe.params import PARAM_SPECS
+from vlmprobe.alerts import FailureWebhook, deadline_alert
+from vlmprobe.lineage import QA_DATASET
+from vlmprobe.params import DEFAULTS_ENV, PARAM_SPECS, default_overrides
+from vlmprobe.preflight import preflight
+from vlmprobe.rundate import NIGHTLY_CRON, run_date_of_dag_run
 
 SETTINGS = DeploymentSettings.from_env()
-# A manual run may have no logical date: then the run date is when it was triggered.
-RUN_DATE = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
+# One rule for every run (vlmprobe.rundate): the data interval's start, else the interval Airflow
+# would infer for a manual run. The light tasks call the same function.
+RUN_DATE = "{{ vlmprobe_run_date(dag_run) }}"
 
 
 def _params() -> dict[str, Param]:
@@ -35,6 +53,8 @@ def _params() -> dict[str, Param]:
     for name, value in (("input_uri", SETTINGS.input_uri), ("output_uri", SETTINGS.output_uri)):
         if value:
             specs[name]["default"] = value
+    for name, value in default_overrides(os.environ.get(DEFAULTS_ENV)).items():
+        specs[name]["default"] = value
     return {name: Param(**spec) for name, spec in specs.items()}
 
 
@@ -48,18 +68,21 @@ def _cli_args(*names: str) -> list[str]:
 
 @dag(
     dag_id="vlm_failure_pipeline",
-    schedule="0 2 * * *",
+    schedule=CronDataIntervalTimetable(NIGHTLY_CRON, timezone="UTC"),
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
-    catchup=True,
+    catchup=False,
     max_active_runs=1,
     params=_params(),
     doc_md=__doc__,
     tags=["vlmprobe", "gpu"],
+    user_defined_macros={"vlmprobe_run_date": run_date_of_dag_run},
     default_args={
         "owner": "vlmprobe",
         "retries": 1,
         "retry_delay": pendulum.duration(minutes=5),
+        "on_failure_callback": FailureWebhook(),
     },
+    deadline=deadline_alert(),
     dagrun_timeout=pendulum.duration(hours=20),
 )
 def vlm_failure_pipeline():
@@ -69,13 +92,16 @@ def vlm_failure_pipeline():
         step="probe",  # CPU and memory per GPU (VLMPROBE_PROBE_*_PER_GPU)
         gpus="{{ params.nproc_per_node }}",
         pool_slots=PARAM_SPECS["nproc_per_node"]["default"],  # GPUs at the default; pool slots are fixed at parse
-        cmds=["torchrun"],
+        cmds=["vlmprobe"],
+        # `vlmprobe probe --nproc_per_node N` starts the torchrun ranks and exits with the failing
+        # rank's own code (2 = bad input: not retried), where torchrun would exit 1.
         arguments=[
-            "--standalone", "--nproc_per_node={{ params.nproc_per_node }}", "--no-python", "vlmprobe", "probe",
+            "probe", "--nproc_per_node={{ params.nproc_per_node }}",
             *_cli_args("input_uri", "output_uri", "target_model", "gemini_model", "seed",
                        "failure_batch_size", "parquet_sample_size", "concurrency", "request_delay"),
         ],
         execution_timeout=pendulum.duration(hours=12),
+        preflight=preflight,  # cheap checks on the Airflow side before the pod (and its GPUs) exists
     )
 
     @task
@@ -101,11 +127,11 @@ def vlm_failure_pipeline():
         )
 
     # none_failed: a run with no verified failures maps zero shards and still publishes.
-    @task(trigger_rule="none_failed")
-    def publish(params=None, dag_run=None) -> dict:
+    @task(trigger_rule="none_failed", outlets=[QA_DATASET])
+    def publish(params=None, dag_run=None, outlet_events=None) -> dict:
         from vlmprobe.tasks import publish_task
 
-        return publish_task(params, dag_run)
+        return publish_task(params, dag_run, outlet_events)
 
     shard_indexes = sample_keys()
     probe >> shard_indexes

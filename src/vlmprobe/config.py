@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from vlmprobe.params import PARAM_SPECS
-from vlmprobe.rundate import check_run_date
+from vlmprobe.rundate import check_run_date, expand_uri
 
 
 def param(name: str) -> Any:
@@ -69,6 +69,12 @@ class ProbeConfig(StepConfig, TeacherSettings):
     max_new_tokens: int = Field(16, ge=1, le=512, description="Tokens the target may generate per answer.")
     template_version: str = Field("v1", description="Probing-factor template set.")
     pg_timeout_s: int = Field(1800, ge=30, le=86400, description="torch.distributed process-group timeout.")
+
+    @field_validator("input_uri")
+    @classmethod
+    def _dated_input(cls, v: str, info: ValidationInfo) -> str:
+        # {run_date} in input_uri: the same expansion as the Airflow-side preflight (h7)
+        return expand_uri(v, info.data["run_date"]) if "run_date" in info.data else v
 
 
 class SampleConfig(StepConfig):

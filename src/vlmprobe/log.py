@@ -1,4 +1,10 @@
-"""One logging format for every step; rank-aware under torchrun."""
+"""One logging format for every step; rank-aware under torchrun.
+
+``%(asctime)s %(levelname)s [%(name)s] [rank N] %(message)s`` — the pod operator parses the level
+out of each line and re-logs it at that level in the task log. The rank tag lives in the
+formatter (not a handler filter), so a handler that copies the formatter — tqdm's logging
+redirect, for one — keeps it.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +15,22 @@ import sys
 FORMAT = "%(asctime)s %(levelname)s [%(name)s]%(rank)s %(message)s"
 
 
-class _RankFilter(logging.Filter):
-    def __init__(self, rank: str) -> None:
-        super().__init__()
-        self.rank = rank
+class RankFormatter(logging.Formatter):
+    """:data:`FORMAT` with `` [rank N]`` filled in under torchrun (empty otherwise)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __init__(self, rank: str | None = None) -> None:
+        super().__init__(FORMAT)
+        self.rank = f" [rank {rank}]" if rank is not None else ""
+
+    def format(self, record: logging.LogRecord) -> str:
         record.rank = self.rank
-        return True
+        return super().format(record)
 
 
 def setup_logging(level: str | int | None = None) -> None:
     """Configure the root logger once: stderr, one format, ``[rank N]`` under torchrun."""
-    rank = os.environ.get("RANK")
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_RankFilter(f" [rank {rank}]" if rank is not None else ""))
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(RankFormatter(os.environ.get("RANK")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or os.environ.get("VLMPROBE_LOG_LEVEL", "INFO"))

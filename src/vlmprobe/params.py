@@ -219,3 +219,63 @@ PARAM_SPECS.update({
 def defaults() -> dict[str, Any]:
     """The default value of every param."""
     return {name: spec["default"] for name, spec in PARAM_SPECS.items()}
+
+
+# -- URI forms (h7, running it from Airflow) -------------------------------------------------------
+# Refused at trigger time by the Params' JSON schema (``pattern``), and again by the preflight
+# and the step configs. A local path must be absolute: the pods and the Airflow side do not
+# share a working directory. ``input_uri`` may hold ``{run_date}`` (each run reads its own day).
+URI_FORMS = "an absolute local path, file:///…, gs://BUCKET/… or s3://BUCKET/…"
+_URI_START = r"^(/|file:///|gs://[^/{}\s]+|s3://[^/{}\s]+)"
+URI_PATTERNS = {
+    "input_uri": _URI_START + r"([^{}]|\{run_date\})*$",
+    "output_uri": _URI_START + r"[^{}]*$",
+}
+PARAM_SPECS["input_uri"].update(
+    pattern=URI_PATTERNS["input_uri"],
+    description="Folder of input parquet files, searched recursively: " + URI_FORMS + ". May contain "
+                "{run_date} (e.g. gs://bucket/vqa/{run_date}) so each run reads its own day.",
+)
+PARAM_SPECS["output_uri"].update(
+    pattern=URI_PATTERNS["output_uri"],
+    description="Root for outputs (" + URI_FORMS + "); one run writes under {output_uri}/{run_date}/.",
+)
+
+
+def uri_form_problem(name: str, value: str) -> str | None:
+    """Why ``value`` is not an acceptable ``name`` (input_uri/output_uri), or None when it is."""
+    import re
+
+    if re.search(URI_PATTERNS[name], value):
+        return None
+    extra = " and {run_date} as its only placeholder" if name == "input_uri" else " without {…} placeholders"
+    return f"{name}={value!r} must be {URI_FORMS}{extra}"
+
+
+# -- deployment-wide defaults (h7) ----------------------------------------------------------------
+DEFAULTS_ENV = "VLMPROBE_PARAM_DEFAULTS"
+
+
+def default_overrides(text: str | None) -> dict[str, Any]:
+    """Param defaults from ``VLMPROBE_PARAM_DEFAULTS`` (a JSON object), checked against the table.
+
+    Read by the DAG at parse time: a deployment (``make up``, a staging cluster) can change what a
+    plain "Trigger" runs without touching the DAG. An unknown name is an error, not ignored.
+    """
+    import difflib
+    import json
+
+    if not text or not text.strip():
+        return {}
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{DEFAULTS_ENV} must be a JSON object: {e}") from e
+    if not isinstance(values, dict):
+        raise ValueError(f"{DEFAULTS_ENV} must be a JSON object such as {{\"nproc_per_node\": 2}}")
+    for name in values:
+        if name not in PARAM_SPECS:
+            close = difflib.get_close_matches(name, PARAM_SPECS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{DEFAULTS_ENV} names {name!r}, which is not a param{hint}")
+    return values

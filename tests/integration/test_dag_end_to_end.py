@@ -1,4 +1,8 @@
-"""The whole DAG with `airflow dags test` on SQLite, pods in local mode, the Gemini simulator."""
+"""The whole DAG with `airflow dags test` on SQLite, pods in local mode, the Gemini simulator.
+
+The tested run is the night of 2026-11-26 (logical date 2026-11-26T02:00): its data interval
+starts on 2026-11-25, its run date.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from conftest import REPO
 from vlmprobe.io import iter_jsonl, read_json
 
 pytestmark = pytest.mark.slow
+LOGICAL_DATE = "2026-11-26T02:00:00+00:00"
 RUN_DATE = "2026-11-25"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
 
 
 @pytest.fixture(scope="module")
@@ -28,23 +34,79 @@ def airflow_env(tmp_path_factory):
         "PYTHONPATH": str(REPO),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "VLMPROBE_POD_MODE": "local",
+        # Airflow 3.3.2's `dags test` cannot finish a successful run of a DAG with a DeadlineAlert
+        # (dag.test() hands update_state the alerts' dicts where the scheduler has their ids);
+        # the deadline is exercised by the `make up` test, under a real scheduler.
+        "VLMPROBE_RUN_DEADLINE_HOURS": "0",
     }
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     return env
 
 
 def _dags_test(env, conf):
-    cmd = [str(Path(sys.executable).parent / "airflow"), "dags", "test", "vlm_failure_pipeline", RUN_DATE,
-           "-c", json.dumps(conf)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [AIRFLOW, "dags", "test", "vlm_failure_pipeline", LOGICAL_DATE, "-c", json.dumps(conf)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return proc, proc.stdout + proc.stderr
+
+
+def _lines_with(logs: str, text: str) -> list[str]:
+    return [line for line in logs.splitlines() if text in line]
 
 
 def test_bad_conf_is_refused_before_any_task_runs(airflow_env, tmp_path):
-    proc = _dags_test(airflow_env, {"failure_batch_size": -1, "output_uri": str(tmp_path)})
+    proc, logs = _dags_test(airflow_env, {"failure_batch_size": -1, "output_uri": str(tmp_path)})
     assert proc.returncode != 0
-    assert "ParamValidationError" in proc.stdout + proc.stderr
+    assert "ParamValidationError" in logs
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_a_typo_in_the_conf_is_refused_before_the_probe_starts(airflow_env, tmp_path, demo_parquet):
+    proc, logs = _dags_test(airflow_env, {"samples_per_kye": 5, "input_uri": demo_parquet,
+                                          "output_uri": str(tmp_path)})
+    assert proc.returncode != 0
+    assert "unknown conf key 'samples_per_kye' (did you mean 'samples_per_key'?)" in logs
+    assert not _lines_with(logs, "local pod mode:")  # the probe's command never started
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_input_fails_the_probe_without_retry_or_pod(airflow_env, tmp_path):
+    missing = tmp_path / "vqa" / "{run_date}"
+    proc, logs = _dags_test(airflow_env, {"input_uri": str(missing), "output_uri": str(tmp_path / "out")})
+    assert proc.returncode != 0
+    assert f"preflight for run date {RUN_DATE}: input {tmp_path}/vqa/{RUN_DATE} " in logs
+    assert not _lines_with(logs, "local pod mode:")  # no pod command started
+    # failed for good on its first try: a retry would be marked up_for_retry (and wait 5 minutes here)
+    assert "new_state=failed" in logs and "up_for_retry" not in logs.lower()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_probe_puts_its_cause_at_error_in_the_task_log(airflow_env, tmp_path, demo_parquet, tiny_llava):
+    # two ranks, one sampled file: every rank refuses (exit 2, not retried) after the preflight passed
+    conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
+            "nproc_per_node": 2, "parquet_sample_size": 1}
+    proc, logs = _dags_test({**airflow_env, "GEMINI_API_KEY": "e2e-key"}, conf)
+    assert proc.returncode != 0
+    # the task log's records (timestamped), not the exception's message repeating the line
+    cause = [line for line in _lines_with(logs, "vlmprobe probe: error: ") if line[:4].isdigit()]
+    assert cause and all("2 ranks but only 1 parquet file(s) sampled" in line for line in cause), cause
+    # the task log's own level (structlog's "[error    ]"), not INFO with the pod's "ERROR" inside
+    assert all("[error" in line.split("vlmprobe probe: error")[0] for line in cause), cause
+    # the task's failure message names the cause, and there is no retry (exit code 2)
+    assert any("AirflowFailException" in line and "parquet file(s) sampled" in line for line in logs.splitlines())
+    assert "new_state=failed" in logs and "up_for_retry" not in logs.lower()
+
+
+def _asset_events(env) -> list[dict]:
+    code = ("import json\n"
+            "from sqlalchemy import select\n"
+            "from airflow.models.asset import AssetEvent, AssetModel\n"
+            "from airflow.utils.session import create_session\n"
+            "with create_session() as s:\n"
+            "    rows = s.execute(select(AssetModel.name, AssetEvent.extra).join(AssetModel,"
+            " AssetEvent.asset_id == AssetModel.id)).all()\n"
+            "print(json.dumps([{'name': n, 'extra': e} for n, e in rows]))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_llava):
@@ -55,12 +117,13 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
             "num_shards": 3, "concurrency": 4, "batch_size": 5, "error_output_format": "json"}
     with GeminiSimulator(port=0, latency_ms=5, rate_429=0.05, rate_503=0.05, rate_malformed=0.05, seed=11) as sim:
         env = {**airflow_env, "GEMINI_API_KEY": "e2e-secret-value-1234", "VLMPROBE_GEMINI_BASE_URL": sim.base_url}
-        proc = _dags_test(env, conf)
-    logs = proc.stdout + proc.stderr
+        proc, logs = _dags_test(env, conf)
     assert proc.returncode == 0, logs[-4000:]
     assert "e2e-secret-value-1234" not in logs  # the key never reaches the task logs
+    assert "preflight passed for run date 2026-11-25" in logs
 
     m = read_json(str(tmp_path / RUN_DATE / "manifest.json"))
+    assert m["run_date"] == RUN_DATE
     pc, sc, qc = m["probe"]["counts"], m["sample"]["counts"], m["qa"]["counts"]
     # every probed row is a pass, a verified failure, a rejected factor or an error row
     assert pc["rows"] == 48 == pc["passed"] + pc["verified"] + pc["rejected"] + pc["errors"]
@@ -72,3 +135,9 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert len(items) == qc["items"] > 0 and len(m["qa"]["shards"]) == 3
     assert m["tokens"]["prompt_tokens"] > 0 and m["estimated_cost_usd"] > 0
     assert (tmp_path / RUN_DATE / "sample" / "failures.json").exists()
+    assert not [p for p in (tmp_path / RUN_DATE).iterdir() if p.name.startswith("_preflight")]
+
+    # publish's Asset event carries the manifest's counts
+    (event,) = [e for e in _asset_events(airflow_env) if e["name"] == "vlmprobe_qa_dataset"]
+    assert event["extra"]["run_date"] == RUN_DATE and event["extra"]["qa_items"] == qc["items"]
+    assert event["extra"]["counts"] == {"probe": pc, "sample": sc, "qa": qc}

@@ -2,8 +2,9 @@
 
 1. writes synthetic parquet files and a tiny LLaVA (random weights, real loading path);
 2. starts the Gemini simulator on loopback (with a little latency and some 429/503/bad JSON);
-3. runs ``airflow dags test vlm_failure_pipeline`` on SQLite with ``VLMPROBE_POD_MODE=local``,
-   so the probe pod's ``torchrun`` (2 CPU ranks) and each QA pod run as local processes;
+3. runs ``airflow dags test vlm_failure_pipeline 2026-11-26T02:00:00+00:00`` on SQLite with
+   ``VLMPROBE_POD_MODE=local`` — the night of 2026-11-26, whose run date is 2026-11-25 — so the
+   probe pod's ranks (2 on the CPU) and each QA pod run as local processes;
 4. prints where the QA dataset and manifest are, its item count and three items.
 
 Everything goes under ``demo-output/`` (git-ignored); rerunning replaces the run's outputs.
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
+# The 02:00 run of 2026-11-26 covers the day before: its data interval starts on its run date.
+LOGICAL_DATE = "2026-11-26T02:00:00+00:00"
 RUN_DATE = "2026-11-25"
 
 
@@ -68,14 +71,17 @@ def main() -> int:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
             "VLMPROBE_POD_MODE": "local",
+            # Airflow 3.3.2's `dags test` cannot finish a run of a DAG with a DeadlineAlert: off here
+            "VLMPROBE_RUN_DEADLINE_HOURS": "0",
             "VLMPROBE_GEMINI_BASE_URL": sim.base_url,
             # The simulator accepts any key; a real deployment reads it from a Kubernetes Secret.
             "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY", "demo-simulator-key"),
         }
         print(f"2/3 Gemini simulator on {sim.base_url}; Airflow on SQLite in {home}", flush=True)
         _run(["airflow", "db", "migrate"], env, out / "airflow-db-migrate.log")
-        print(f"3/3 airflow dags test vlm_failure_pipeline {RUN_DATE} (local pod mode)", flush=True)
-        _run(["airflow", "dags", "test", "vlm_failure_pipeline", RUN_DATE, "-c", json.dumps(conf)],
+        print(f"3/3 airflow dags test vlm_failure_pipeline {LOGICAL_DATE} (run date {RUN_DATE}, local pod mode)",
+              flush=True)
+        _run(["airflow", "dags", "test", "vlm_failure_pipeline", LOGICAL_DATE, "-c", json.dumps(conf)],
              env, out / "airflow-dags-test.log")
         sim_stats = sim.stats()
 

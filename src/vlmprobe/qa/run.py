@@ -20,7 +20,6 @@ import base64
 import hashlib
 import json
 import logging
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -242,8 +241,7 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
     Each finished batch is checkpointed: a retried pod skips the batches an earlier attempt
     finished with the same settings (``resumed`` in the stats counts their failures).
     """
-    from tqdm import tqdm
-
+    from vlmprobe.progress import Progress
     from vlmprobe.teacher.factory import make_teacher
 
     t0 = time.monotonic()
@@ -263,8 +261,8 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
 
     async def _run() -> tuple[int, dict[str, Any]]:
         n = 0
-        with tqdm(total=shard["count"], desc=f"qa shard {cfg.shard_index}", unit="failure", file=sys.stderr,
-                  mininterval=1.0 if sys.stderr.isatty() else 10.0) as progress:
+        with Progress(total=shard["count"], desc=f"qa shard {cfg.shard_index}", unit="failures",
+                      logger=log) as progress:
             async with make_teacher(cfg) as teacher:
                 work = ShardQA(cfg, teacher, progress)
                 while batch := list(islice(records, cfg.batch_size)):

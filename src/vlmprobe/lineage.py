@@ -1,0 +1,44 @@
+"""The run's QA dataset as an Airflow Asset: ``publish`` emits one event per run.
+
+The event's ``extra`` says which run date it is, where the manifest and the QA files are, and the
+manifest's counts, so a downstream DAG scheduled on :data:`QA_DATASET` knows what it got without
+reading the manifest first::
+
+    from airflow.sdk import dag, task
+    from vlmprobe.lineage import QA_DATASET  # or the same Asset(name=..., uri=...) spelled out
+
+    @dag(schedule=QA_DATASET)
+    def train_on_new_qa():
+        @task
+        def show(triggering_asset_events=None):
+            for event in triggering_asset_events[QA_DATASET]:
+                print(event.extra["run_date"], event.extra["qa_items"], event.extra["qa_uris"])
+        show()
+
+    train_on_new_qa()
+
+Cheap to import (the DAG file does, at parse time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import Asset
+
+QA_DATASET = Asset(name="vlmprobe_qa_dataset", uri="vlmprobe://vlm_failure_pipeline/qa", group="vlmprobe")
+
+
+def qa_event_extra(manifest: Mapping[str, Any], manifest_uri: str) -> dict[str, Any]:
+    """The Asset event's ``extra`` for a published run: where it is and the manifest's counts."""
+    return {
+        "run_date": manifest["run_date"],
+        "manifest_uri": manifest_uri,
+        "qa_uris": list(manifest["outputs"]["qa"]),
+        "qa_items": manifest["qa"]["counts"].get("items", 0),
+        "counts": {step: dict(manifest[step]["counts"]) for step in ("probe", "sample", "qa")},
+        "tokens": dict(manifest.get("tokens", {})),
+        "estimated_cost_usd": manifest.get("estimated_cost_usd"),
+        "models": dict(manifest.get("models", {})),
+    }
