@@ -30,6 +30,7 @@ def test_params_are_typed_bounded_described(dag):
     expected = {"nproc_per_node", "failure_batch_size", "parquet_sample_size", "num_shards", "concurrency",
                 "batch_size", "request_delay", "no_async", "error_output_format", "embed_images",
                 "samples_per_key", "input_uri", "output_uri", "target_model", "gemini_model", "seed"}
+    expected |= {"max_new_tokens", "qa_target_check", "qa_keep"}  # target (issue 9)
     params = dag.params
     assert set(params.keys()) == expected
     for name in expected:
