@@ -218,12 +218,17 @@ class LlavaTarget:
         questions: list[str],
         choices: list[list[str] | None],
         image_keys: list[Hashable] | None = None,
+        *,
+        score_choices: bool | None = None,
     ) -> PreparedBatch:
         """Everything before the device, for one batch; safe to call from several threads.
 
         ``image_keys`` (e.g. the encoded bytes) mark rows that share an image; by default rows
-        share an image when they pass the same PIL object.
+        share an image when they pass the same PIL object. ``score_choices`` overrides the
+        target's ``choice_mode`` for this batch.
         """
+        if score_choices is None:
+            score_choices = self.choice_mode == "score"
         if not len(images) == len(questions) == len(choices):
             raise ValueError(
                 f"answer() needs one question and one choices entry per image; got {len(images)} "
@@ -247,7 +252,7 @@ class LlavaTarget:
         batch.pixel_values = pixel_values.pin_memory() if self._pin else pixel_values
 
         prompts = [self.build_prompt(q, c or None) for q, c in zip(questions, choices)]
-        scored = [i for i, c in enumerate(choices) if c and self.choice_mode == "score"]
+        scored = [i for i, c in enumerate(choices) if c and score_choices]
         texts = list(prompts)
         for i in scored:  # the option as generation would continue the prompt
             sep = "" if prompts[i][-1:].isspace() else " "
@@ -299,7 +304,7 @@ class LlavaTarget:
         # Rows that share an image point at the same feature tensor: its vision tokens are computed once.
         return {"image": BaseModelOutputWithPooling(pooler_output=[features[image_index[r]] for r in rows])}
 
-    def _score(self, batch: PreparedBatch, features: list[torch.Tensor]) -> list[str]:
+    def _score(self, batch: PreparedBatch, features: list[torch.Tensor]) -> tuple[list[str], list[list[float]]]:
         p = {k: self._to_device(v) for k, v in batch.packed.items()}
         mask = choice_layout.attention_mask(p["segments"], additive_dtype=self._additive_mask_dtype)
         hidden = self.model.model(
@@ -315,11 +320,12 @@ class LlavaTarget:
         logprobs = torch.log_softmax(logits, dim=-1)
         token_lp = logprobs.gather(1, p["score_token"][:, None])[:, 0].tolist()
         is_top = (logits.argmax(dim=-1) == p["score_token"]).tolist()
-        picks = []
+        picks, option_logprobs = [], []
         for options, spans, row_choices in zip(batch.option_ids, batch.spans, batch.choices):
             k = choice_layout.pick_option(options, [token_lp[a:b] for a, b in spans], [is_top[a:b] for a, b in spans])
             picks.append(row_choices[k])
-        return picks
+            option_logprobs.append([sum(token_lp[a:b]) for a, b in spans])
+        return picks, option_logprobs
 
     def _generate(self, batch: PreparedBatch, features: list[torch.Tensor]) -> list[str]:
         ids = self._to_device(batch.open_input_ids)
@@ -344,7 +350,7 @@ class LlavaTarget:
         answers: list[str] = [""] * batch.size
         features = self._image_features(batch)
         if batch.choice_rows:
-            for row, pick in zip(batch.choice_rows, self._score(batch, features)):
+            for row, pick in zip(batch.choice_rows, self._score(batch, features)[0]):
                 answers[row] = pick
         if batch.open_rows:
             for row, text in zip(batch.open_rows, self._generate(batch, features)):
@@ -360,6 +366,24 @@ class LlavaTarget:
     ) -> list[str]:
         """One answer per (image, question, choices), in order: :meth:`prepare` then :meth:`run`."""
         return self.run(self.prepare(images, questions, choices, image_keys))
+
+    @torch.inference_mode()
+    def choice_logprobs(
+        self,
+        images: list[Image.Image],
+        questions: list[str],
+        choices: list[list[str] | None],
+        image_keys: list[Hashable] | None = None,
+    ) -> list[list[float] | None]:
+        """Per row, each option's log-likelihood after the prompt (summed over its tokens), in
+        the order of its choices; None for a row without choices or one left to ``generate``."""
+        batch = self.prepare(images, questions, choices, image_keys, score_choices=True)
+        out: list[list[float] | None] = [None] * batch.size
+        if batch.choice_rows:
+            _, logprobs = self._score(batch, self._image_features(batch))
+            for row, lp in zip(batch.choice_rows, logprobs):
+                out[row] = lp
+        return out
 
     # Kept for callers that want the processor's view of a batch (tests, debugging).
     def encode(self, images: list[Image.Image], questions: list[str], choices: list[list[str] | None]):
