@@ -164,6 +164,7 @@ class LlavaTarget:
         # when two threads tokenize at once. Worker threads take turns (tokenising is cheap).
         self._tokenizer_lock = threading.Lock()
         self._tokens_per_image: dict[tuple[int, int], int] = {}
+        self._option_cache: dict[tuple[str, str], list[int] | None] = {}
         self._pin = self.device.startswith("cuda")
         attn = getattr(model.config.text_config, "_attn_implementation", None) or "sdpa"
         self._additive_mask_dtype = None if attn == "sdpa" else self.dtype
@@ -194,13 +195,9 @@ class LlavaTarget:
         return self._tokens_per_image[size]
 
     def _expand(self, ids: list[int], n_image_tokens: int) -> list[int]:
-        out: list[int] = []
-        for tok in ids:
-            if tok == self.image_token_id:
-                out.extend([tok] * n_image_tokens)
-            else:
-                out.append(tok)
-        return out
+        # build_prompt puts exactly one image token in each prompt; it stands for all the image's features.
+        at = ids.index(self.image_token_id)
+        return ids[:at] + [self.image_token_id] * n_image_tokens + ids[at + 1:]
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -210,6 +207,38 @@ class LlavaTarget:
             ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r):] = 1
         return ids, mask
+
+    def _option_ids(self, rows: list[int], prompts: list[str], encoded: list[list[int]],
+                    choices: list[list[str] | None]) -> list[list[list[int]] | None]:
+        """Each scored row's option tokens as generation would continue its prompt (None: generate the row).
+
+        An option's tokens depend only on the prompt's last line (a newline is a hard boundary
+        for the tokenizers LLaVA uses), which the probe's prompts share; so each (last line,
+        option) pair is tokenised once, in full context, and remembered. Call under the lock.
+        """
+        if len(self._option_cache) > 50_000:
+            self._option_cache.clear()
+        keys = {}
+        for i in rows:
+            sep = "" if prompts[i][-1:].isspace() else " "
+            tail = prompts[i][prompts[i].rfind("\n") + 1:]
+            for option in choices[i]:
+                key = (tail, sep + option)
+                if key not in self._option_cache and key not in keys:
+                    keys[key] = i
+        if keys:
+            full = self.processor.tokenizer([prompts[i] + key[1] for key, i in keys.items()],
+                                            padding=False, truncation=False)["input_ids"]
+            for (key, i), ids in zip(keys.items(), full):
+                found = choice_layout.option_token_ids(encoded[i], [ids])
+                self._option_cache[key] = found[0] if found else None
+        out: list[list[list[int]] | None] = []
+        for i in rows:
+            sep = "" if prompts[i][-1:].isspace() else " "
+            tail = prompts[i][prompts[i].rfind("\n") + 1:]
+            options = [self._option_cache[(tail, sep + option)] for option in choices[i]]
+            out.append(None if any(o is None for o in options) else options)
+        return out
 
     # -- CPU side ------------------------------------------------------------------------------
     def prepare(
@@ -253,21 +282,14 @@ class LlavaTarget:
 
         prompts = [self.build_prompt(q, c or None) for q, c in zip(questions, choices)]
         scored = [i for i, c in enumerate(choices) if c and score_choices]
-        texts = list(prompts)
-        for i in scored:  # the option as generation would continue the prompt
-            sep = "" if prompts[i][-1:].isspace() else " "
-            texts.extend(prompts[i] + sep + option for option in choices[i])
         with self._tokenizer_lock:
-            encoded = self.processor.tokenizer(texts, padding=False, truncation=False)["input_ids"]
+            encoded = self.processor.tokenizer(prompts, padding=False, truncation=False)["input_ids"]
+            option_ids = self._option_ids(scored, prompts, encoded, choices)
         n_image = self._image_tokens(pixel_values, 0)
-        prompt_ids = [self._expand(ids, n_image) for ids in encoded[: len(prompts)]]
+        prompt_ids = [self._expand(ids, n_image) for ids in encoded]
 
-        cursor = len(prompts)
         packed_prompts, packed_options = [], []
-        for i in scored:
-            full = encoded[cursor: cursor + len(choices[i])]
-            cursor += len(choices[i])
-            options = choice_layout.option_token_ids(encoded[i], full)
+        for i, options in zip(scored, option_ids):
             if options is None:
                 continue  # a merge across the prompt/option boundary: generate this row instead
             batch.choice_rows.append(i)
