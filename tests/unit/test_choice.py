@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
-from vlmprobe.demo.data import draw_scene, iter_demo_examples, train_tiny_llava
+from vlmprobe.demo.data import draw_scene, iter_demo_examples
 from vlmprobe.target.answers import match_choice
 from vlmprobe.target.choice import attention_mask, option_token_ids, pack, pick_option
 from vlmprobe.target.hf import LlavaTarget
@@ -96,14 +94,6 @@ def test_packed_scores_equal_each_option_alone(tiny_llava, rows):
         assert got == pytest.approx(alone, abs=1e-4)
         checked += 1
     assert checked >= 4
-
-
-@pytest.fixture(scope="module")
-def answering_llava(tiny_llava, tmp_path_factory):
-    """The tiny LLaVA after a few seconds of training: it answers with one word, often an option."""
-    out = tmp_path_factory.mktemp("answering") / "tiny-llava"
-    shutil.copytree(tiny_llava, out)
-    return train_tiny_llava(str(out))
 
 
 def test_scoring_agrees_with_generate_then_match(answering_llava, rows):
