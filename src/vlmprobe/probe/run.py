@@ -123,7 +123,7 @@ def default_prepare_workers() -> int:
 
 
 class RankProbe:
-    """One rank's work: target batches in a worker thread, teacher calls on the event loop."""
+    """One rank's work: reading, preprocessing and the target in threads, the teacher on the event loop."""
 
     def __init__(self, cfg: ProbeConfig, rank: int, target, failures: JsonlWriter, errors: JsonlWriter) -> None:
         from vlmprobe.teacher.templates import load_templates

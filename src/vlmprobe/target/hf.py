@@ -278,7 +278,13 @@ class LlavaTarget:
             batch.image_index.append(distinct[key])
         pixel_values = self.processor.image_processor(images=unique_images, return_tensors="pt")["pixel_values"]
         pixel_values = pixel_values.to(self.dtype)
-        batch.pixel_values = pixel_values.pin_memory() if self._pin else pixel_values
+        if self._pin:
+            # Pinned memory makes the copy to the GPU asynchronous. Pin under this rank's device:
+            # a worker thread's current device is cuda:0, and pinning there would open a CUDA
+            # context on GPU 0 from every rank.
+            with torch.cuda.device(self.device):
+                pixel_values = pixel_values.pin_memory()
+        batch.pixel_values = pixel_values
 
         prompts = [self.build_prompt(q, c or None) for q, c in zip(questions, choices)]
         scored = [i for i, c in enumerate(choices) if c and score_choices]
