@@ -12,15 +12,16 @@ from vlmprobe.target.hf import LlavaTarget
 
 
 def test_pack_lays_options_after_a_shared_prompt():
-    packed = pack([[5, 6, 7], [8, 9]], [[[1], [2, 3]], [[4, 4, 4]]], pad_id=0)
-    assert packed.input_ids == [[5, 6, 7, 1, 2, 3], [0, 8, 9, 4, 4, 4]]
+    packed = pack([[5, 6, 7], [8, 9]], [[[1], [2, 3], [6, 7, 8]], [[4, 4, 4]]], pad_id=0)
+    # An option's last token is never an input: [1] adds no column, [2, 3] adds 2, [6, 7, 8] adds 6 7.
+    assert packed.input_ids == [[5, 6, 7, 2, 6, 7], [0, 8, 9, 4, 4, 0]]
     # Each option's positions restart where its row's prompt ends.
-    assert packed.position_ids == [[0, 1, 2, 3, 3, 4], [0, 0, 1, 2, 3, 4]]
-    assert packed.segments == [[0, 0, 0, 1, 2, 2], [-1, 0, 0, 1, 1, 1]]
+    assert packed.position_ids == [[0, 1, 2, 3, 3, 4], [0, 0, 1, 2, 3, 0]]
+    assert packed.segments == [[0, 0, 0, 2, 3, 3], [-1, 0, 0, 1, 1, -1]]
     # Option tokens are predicted by the prompt's last column, then by their own previous token.
     assert list(zip(packed.score_row, packed.score_col, packed.score_token)) == [
-        (0, 2, 1), (0, 2, 2), (0, 4, 3), (1, 2, 4), (1, 3, 4), (1, 4, 4)]
-    assert packed.spans == [[(0, 1), (1, 3)], [(3, 6)]]
+        (0, 2, 1), (0, 2, 2), (0, 3, 3), (0, 2, 6), (0, 4, 7), (0, 5, 8), (1, 2, 4), (1, 3, 4), (1, 4, 4)]
+    assert packed.spans == [[(0, 1), (1, 3), (3, 6)], [(6, 9)]]
 
 
 def test_mask_keeps_options_apart():

@@ -2,7 +2,7 @@
 
 For a batch of rows that have ``choices``, every row's prompt (image tokens included) is laid
 out once, left padded so that all prompts end at the same column, and the row's options are
-packed after it, one after the other. A 4D attention mask lets each option's tokens see the
+packed after it, one after the other (all but their last token, which nothing reads). A 4D attention mask lets each option's tokens see the
 prompt and the earlier tokens of the same option only, and each option's position ids restart
 where the prompt ends, so one forward pass gives every option the log-probabilities it would
 get alone after the prompt — the prompt and its image are computed once, not once per option.
@@ -71,13 +71,16 @@ class PackedChoices:
 def pack(prompts: list[list[int]], options: list[list[list[int]]], pad_id: int) -> PackedChoices:
     """Lay out each row as ``[left pad][prompt][option 1][option 2]…[right pad]``.
 
-    Segments: -1 padding, 0 prompt, k+1 option k. Prompt positions count from 0 at the row's
-    first real token; option k's tokens take positions ``len(prompt), len(prompt)+1, …``.
+    Only the tokens that predict a later one are laid out: an option's last token is scored
+    from the column before it and is never an input, so a one-token option adds no column at
+    all — it is scored from the prompt's last column. Segments: -1 padding, 0 prompt, k+1
+    option k. Prompt positions count from 0 at the row's first real token; option k's tokens
+    take positions ``len(prompt), len(prompt)+1, …``.
     """
     if len(prompts) != len(options):
         raise ValueError("pack() needs one options list per prompt")
     prompt_width = max((len(p) for p in prompts), default=0)
-    width = prompt_width + max((sum(len(o) for o in opts) for opts in options), default=0)
+    width = prompt_width + max((sum(max(len(o) - 1, 0) for o in opts) for opts in options), default=0)
     packed = PackedChoices([], [], [])
     for r, (prompt, opts) in enumerate(zip(prompts, options)):
         lead = prompt_width - len(prompt)
@@ -92,9 +95,10 @@ def pack(prompts: list[list[int]], options: list[list[list[int]]], pad_id: int) 
                 packed.score_row.append(r)
                 packed.score_col.append(prompt_width - 1 if j == 0 else start + j - 1)
                 packed.score_token.append(tok)
-            ids.extend(tokens)
-            pos.extend(range(len(prompt), len(prompt) + len(tokens)))
-            seg.extend([k + 1] * len(tokens))
+            inputs = tokens[:-1]
+            ids.extend(inputs)
+            pos.extend(range(len(prompt), len(prompt) + len(inputs)))
+            seg.extend([k + 1] * len(inputs))
             spans.append((first, len(packed.score_row)))
         tail = width - len(ids)
         packed.input_ids.append(ids + [pad_id] * tail)
