@@ -13,8 +13,8 @@
 #
 # The GPU image has torch but not every package the project pins, and no network. So, once, on a
 # machine that reaches PyPI, in the repository root:
-#     bash bench/probe_gpu.sh --fetch-wheels      # Python 3.12 wheels into .whl/ (git-ignored)
-# then on the GPU machine, in the repository root, with .whl carried along:
+#     bash bench/probe_gpu.sh --fetch-wheels      # Python 3.12 wheels (24 MB) into .whl/, git-ignored
+# then on the GPU machine, in the repository root, with .whl carried along (an ignored folder):
 #     bash bench/probe_gpu.sh                     # ~8 minutes on one H200
 # Environment: STEPS (default "bench tests memory"), PYTHON (default python3).
 set -uo pipefail
@@ -34,9 +34,8 @@ WHEELS=(
 )
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
-  exclude=$(git rev-parse --git-path info/exclude)
-  grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
   mkdir -p .whl
+  echo '*' >.whl/.gitignore  # the folder ignores itself: git never tracks the wheels
   for w in "${WHEELS[@]}"; do
     "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
