@@ -1,8 +1,9 @@
-"""Images per second of the target's batched ``generate`` versus one image per call.
+"""Images per second of the target answering in batches versus one image per call.
 
 Builds the tiny LLaVA (random weights, the real transformers loading and generate path), then
 answers the same demo images one per call (the baseline) and in batches of 8 and 32, all in this
-process, and prints images/s and the ratio to the baseline. On a CPU with the tiny model this
+process, and prints images/s and the ratio to the baseline. Rows with choices are scored in one
+forward pass, open rows generated (``bench/probe_throughput.py`` compares the two). On a CPU with the tiny model this
 measures the per-call overhead that batching removes; the GPU anchor in shared/stack-facts.md
 (LLaVA-1.5-7B shape, H200: 1.2 img/s one at a time, 25 img/s batched at 64) is the figure that
 matters in production.

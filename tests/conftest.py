@@ -41,6 +41,18 @@ def tiny_llava(tmp_path_factory) -> str:
     return build_tiny_llava(str(tmp_path_factory.mktemp("model") / "tiny-llava"))
 
 
+@pytest.fixture(scope="session")
+def answering_llava(tiny_llava, tmp_path_factory) -> str:
+    """The tiny LLaVA after a few seconds of training: it answers with one word, often an option."""
+    import shutil
+
+    from vlmprobe.demo.data import train_tiny_llava
+
+    out = tmp_path_factory.mktemp("answering") / "tiny-llava"
+    shutil.copytree(tiny_llava, out)
+    return train_tiny_llava(str(out))
+
+
 @pytest.fixture
 def gemini_sim(monkeypatch):
     """A Gemini simulator on loopback, with the client's env pointed at it."""

@@ -66,7 +66,7 @@ class ProbeConfig(StepConfig, TeacherSettings):
     seed: int = param("seed")
     failure_batch_size: int = param("failure_batch_size")
     parquet_sample_size: int = param("parquet_sample_size")
-    max_new_tokens: int = Field(16, ge=1, le=512, description="Tokens the target may generate per answer.")
+    max_new_tokens: int = param("max_new_tokens")
     template_version: str = Field("v1", description="Probing-factor template set.")
     pg_timeout_s: int = Field(1800, ge=30, le=86400, description="torch.distributed process-group timeout.")
 
@@ -90,6 +90,11 @@ class QAConfig(StepConfig, TeacherSettings):
     batch_size: int = param("batch_size")
     no_async: bool = param("no_async")
     max_items: int = Field(3, ge=1, le=5, description="QA pairs asked for per failure.")
+    # The target check (issue 9): each QA item put to the target on the shard's device.
+    target_model: str = param("target_model")
+    max_new_tokens: int = param("max_new_tokens")
+    qa_target_check: Literal["auto", "on", "off"] = param("qa_target_check")
+    qa_keep: Literal["all", "target_failed"] = param("qa_keep")
 
 
 class PublishConfig(StepConfig):

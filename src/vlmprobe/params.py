@@ -135,6 +135,32 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
         section=QA,
         description="Send QA requests one at a time (for debugging and strict quotas).",
     ),
+    # -- target (issue 9): how the target answers, and whether QA items are put to it --------
+    "max_new_tokens": dict(
+        default=16,
+        type="integer",
+        minimum=1,
+        maximum=512,
+        section=PROBE,
+        description="Tokens the target may generate for an open question (it stops earlier at its end token). "
+        "Questions with choices are scored, not generated.",
+    ),
+    "qa_target_check": dict(
+        default="auto",
+        type="string",
+        enum=["auto", "on", "off"],
+        section=QA,
+        description="Put each generated QA item to the target and record its answer and whether it was right. "
+        "auto: on when the QA pod has a GPU.",
+    ),
+    "qa_keep": dict(
+        default="all",
+        type="string",
+        enum=["all", "target_failed"],
+        section=QA,
+        description="QA items written: all of them, or only those the target answered wrongly "
+        "(needs the target check).",
+    ),
 }
 
 

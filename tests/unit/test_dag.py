@@ -87,6 +87,7 @@ def test_params_are_typed_bounded_described(dag):
                 "samples_per_key", "input_uri", "output_uri", "target_model", "gemini_model", "seed"}
     expected |= {"teacher_rpm", "teacher_tpm", "teacher_rpd", "teacher_retry_window_s", "max_error_rate",
                  "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher (h5)
+    expected |= {"max_new_tokens", "qa_target_check", "qa_keep"}  # target (issue 9)
     params = dag.params
     assert expected <= set(params.keys())  # other areas add theirs
     for name in params.keys():

@@ -42,6 +42,12 @@ def test_bad_files_and_rows_are_error_rows(tmp_path, messy_input, tiny_llava, ge
     rejected = [e for e in errors if e["reason"] == "factor_not_verified"]
     assert len(rejected) == c["rejected"] and all(e["failure"]["prediction"] is not None for e in rejected)
     assert success["tokens"]["prompt_tokens"] > 0 and success["teacher_model"] == cfg.gemini_model
+    # the rank says how busy its device was and what held it back
+    pipeline = success["ranks"][0]["pipeline"]
+    assert pipeline["batches"] == 7  # 48 rows in batches of 7; the 2 bad rows ride in their batch
+    assert 0 < pipeline["device_busy_s"] <= pipeline["wall_s"]
+    assert pipeline["busy_fraction"] == round(pipeline["device_busy_s"] / pipeline["wall_s"], 3)
+    assert pipeline["bound"] in {"target", "input", "teacher"}
 
 
 def test_a_bug_while_explaining_fails_the_step_loudly(tmp_path, demo_parquet, tiny_llava, gemini_sim, monkeypatch):

@@ -169,3 +169,60 @@ def test_openai_target_server_error_raises(chat_server):
 def test_openai_spec_without_model_is_refused():
     with pytest.raises(ValueError, match="openai:http://HOST:PORT/v1#MODEL"):
         load_target("openai:http://127.0.0.1:1/v1")
+
+
+def test_rows_sharing_an_image_encode_it_once(target, images):
+    calls = []
+    hook = target.model.model.vision_tower.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        questions = QUESTIONS * 2
+        choices = CHOICES * 2
+        shared = target.answer(images * 2, questions, choices, image_keys=list(range(5)) * 2)
+        assert calls == [5]  # ten rows, five distinct images, one vision-tower call
+        calls.clear()
+        own = target.answer([im.copy() for im in images * 2], questions, choices)
+        assert calls == [10]
+    finally:
+        hook.remove()
+    assert shared == own
+
+
+def test_choice_rows_are_scored_not_generated(target, images, monkeypatch):
+    generated_rows = []
+    real = target.model.generate
+
+    def spy(*args, **kwargs):
+        generated_rows.append(kwargs["input_ids"].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target.model, "generate", spy)
+    answers = target.answer(images, QUESTIONS, CHOICES)
+    assert generated_rows == [3]  # only the three open questions
+    assert answers[3] in CHOICES[3] and answers[4] in CHOICES[4]
+    generated_rows.clear()
+    assert target.answer(images[3:], QUESTIONS[3:], CHOICES[3:])[0] == answers[3]
+    assert generated_rows == []
+
+
+def test_the_model_loads_straight_onto_its_device(tiny_llava, monkeypatch):
+    from transformers import LlavaForConditionalGeneration
+
+    seen = {}
+    real = LlavaForConditionalGeneration.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "from_pretrained", classmethod(spy))
+    target = load_target(tiny_llava, device="cpu")
+    # device_map places each weight on the device as it is read: no full copy in host RAM first
+    assert seen["device_map"] == "cpu" and seen["attn_implementation"] == "sdpa"
+    assert target.device == "cpu" and target.model.config.text_config._attn_implementation == "sdpa"
+
+
+def test_unknown_choice_mode_is_refused(tiny_llava):
+    from vlmprobe.target.hf import LlavaTarget
+
+    with pytest.raises(ValueError, match="choice_mode"):
+        LlavaTarget(tiny_llava, device="cpu", choice_mode="vote")

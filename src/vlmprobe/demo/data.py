@@ -303,6 +303,154 @@ def build_tiny_llava(out_dir: str, *, image_size: int = 32, patch: int = 8, seed
     return out_dir
 
 
+def train_tiny_llava(model_dir: str, *, steps: int = 100, batch: int = 32, seed: int = 0) -> str:
+    """Teach the tiny LLaVA in ``model_dir`` the answer format, in place; return ``model_dir``.
+
+    A few seconds of training on demo rows (``steps`` optimiser steps of ``batch`` rows; the
+    loss is on the answer tokens) make the random model answer with one short word and stop —
+    often one of the options it was shown, right or wrong. Tests use it where the random model's
+    babble would never pick an option (multiple-choice scoring against ``generate``).
+    Deterministic in ``seed`` on one machine; safe to rerun (retrains what is saved).
+    """
+    import torch
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from vlmprobe.target import build_prompt_text
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32)
+        processor = AutoProcessor.from_pretrained(model_dir)
+        tokenizer = processor.tokenizer
+        tokenizer.padding_side = "left"
+        rows = list(iter_demo_examples(10_000 + seed, 256, seed=seed))
+        prompts = [
+            processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "image"},
+                                              {"type": "text", "text": build_prompt_text(r["question"], r["choices"])}]}],
+                add_generation_prompt=True, tokenize=False)
+            for r in rows
+        ]
+        texts = [f"{p} {r['answer']}{tokenizer.eos_token}" for p, r in zip(prompts, rows)]
+        enc = processor(images=[draw_scene(r["scene"]) for r in rows], text=texts, return_tensors="pt", padding=True)
+        # Left padded, so each row's answer is its last tokens: learn only those.
+        answer_len = [len(tokenizer(t)["input_ids"]) - len(tokenizer(p)["input_ids"]) for t, p in zip(texts, prompts)]
+        labels = torch.full_like(enc["input_ids"], -100)
+        for i, n in enumerate(answer_len):
+            labels[i, -n:] = enc["input_ids"][i, -n:]
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            idx = torch.randint(0, len(rows), (batch,))
+            loss = model(input_ids=enc["input_ids"][idx], attention_mask=enc["attention_mask"][idx],
+                         pixel_values=enc["pixel_values"][idx], labels=labels[idx]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval().save_pretrained(model_dir)
+    return model_dir
+
+
+def write_workload_parquet(out_dir: str, *, rows: int, side: int = 336, rows_per_file: int = 256,
+                           questions_per_image: int = 1, seed: int = 0) -> list[str]:
+    """The probe benchmark's fixed workload: ``side`` x ``side`` JPEG images, half the rows with choices.
+
+    Rows alternate: one with ``choices`` (multiple choice, or yes/no with ``["yes", "no"]``),
+    then one open short answer (color, count, or yes/no without choices). Scenes are the demo's
+    shapes, scaled up and overlaid with noise so that JPEG decoding costs what a photo's does.
+    With ``questions_per_image`` > 1, that many consecutive rows ask about the same image
+    (the same bytes). Writes ``part-00000.parquet`` … under ``out_dir``; returns their URIs.
+    Deterministic in ``seed``; safe to rerun.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = random.Random(seed)
+    noise = np.random.default_rng(seed)
+    records: list[dict[str, Any]] = []
+    image = b""
+    for i in range(rows):
+        want_choices = i % 2 == 0
+        while True:
+            kind, scene, question, answer, choices = make_example(rng)
+            if kind == "side" and want_choices:
+                choices = ["yes", "no"]
+            if bool(choices) == want_choices:
+                break
+        if i % questions_per_image == 0:
+            base = draw_scene(scene).resize((side, side), Image.Resampling.BICUBIC)
+            pixels = np.asarray(base, dtype=np.int16) + noise.integers(-24, 25, (side, side, 3))
+            buf = io.BytesIO()
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+            image = buf.getvalue()
+        records.append({"id": f"load-{i:06d}", "image": {"bytes": image, "path": None}, "question": question,
+                        "answer": answer, "choices": choices, "source": f"synthetic-shapes:{kind}"})
+    written = []
+    for n, start in enumerate(range(0, rows, rows_per_file)):
+        uri = fs.join(out_dir, f"part-{n:05d}.parquet")
+        with fs.atomic_write(uri, "wb") as f:
+            pq.write_table(pa.Table.from_pylist(records[start:start + rows_per_file], schema=SCHEMA), f,
+                           row_group_size=64)
+        written.append(uri)
+    return written
+
+
+# LLaVA-1.5-7B's shapes (CLIP ViT-L/14 at 336 px + a Llama-2-7B decoder): 576 image tokens.
+LLAVA_7B_SHAPE = {
+    "vision": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                   image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu"),
+    "text": dict(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
+}
+
+
+def random_llava(device: str, *, shape: dict[str, dict[str, Any]] = LLAVA_7B_SHAPE, dtype=None, seed: int = 0):
+    """(model, processor): random weights with ``shape`` (LLaVA-1.5-7B's by default), built on ``device``.
+
+    For GPU benchmarks: the compute and memory of the real model (~7B parameters, bfloat16 by
+    default, SDPA attention; about 14 GB of device memory), with the demo's small tokenizer
+    (ids past its vocabulary decode to nothing). Nothing is downloaded.
+    """
+    import torch
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tokenizer = _build_tokenizer()
+    vision = shape["vision"]
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        text_config=LlamaConfig(**shape["text"], bos_token_id=tokenizer.bos_token_id,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration._from_config(
+            config, dtype=dtype or torch.bfloat16, attn_implementation="sdpa").eval()
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    side = vision["image_size"]
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side}),
+        tokenizer=tokenizer,
+        patch_size=vision["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+        image_token="<image>",
+    )
+    return model, processor
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="local folder; gets parquet/ and tiny-llava/")
     parser.add_argument("--files", type=int, default=4, help="parquet files to write")

@@ -3,8 +3,10 @@
 Each rank reads its contiguous share of the sampled parquet files in record batches, asks the
 target VLM the dataset's question about ``failure_batch_size`` images at a time, and for each
 wrong answer has the teacher complete a probing-factor template and then verify it against the
-image. Teacher calls run concurrently (``concurrency`` per rank) while the target works on the
-next batch.
+image. Rows are decoded and preprocessed ahead by worker threads, the target runs in its own
+thread, and teacher calls run concurrently (``concurrency`` per rank) on the event loop while the
+target works on the next batch (:mod:`vlmprobe.probe.pipeline`). Each rank's stats say how busy
+its device was and what held it back (``pipeline``: input, teacher, or the target itself).
 
 Outputs (under ``{output_uri}/{run_date}/``): ``probe/rank-NNNNN.jsonl`` (verified failures),
 ``errors/probe-rank-NNNNN.jsonl`` (unreadable rows, teacher errors, unverified factors, each
@@ -26,7 +28,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +38,7 @@ from vlmprobe.config import ProbeConfig
 from vlmprobe.io import JsonlWriter, RunLayout, exists, list_files, remove_tree, write_json
 from vlmprobe.io.fs import remove_file
 from vlmprobe.io.parquet import REQUIRED_COLUMNS, Row, image_bytes, iter_rows
+from vlmprobe.probe.pipeline import PipelineStats, run_pipeline
 from vlmprobe.probe.plan import sample_files, split_for_rank
 from vlmprobe.records import error_record, failure_key, row_id
 from vlmprobe.teacher.factory import make_teacher
@@ -44,6 +47,7 @@ log = logging.getLogger("vlmprobe.probe")
 
 _KNOWN_COLUMNS = {*REQUIRED_COLUMNS, "id", "choices"}
 PROGRESS_EVERY_S = 30.0  # one progress line per rank this often: pod logs stay readable
+PREFETCH_BATCHES = 4  # batches decoded and preprocessed ahead of the device
 
 
 @dataclass
@@ -71,8 +75,12 @@ def _json_safe(value: Any) -> Any:
     return str(value)
 
 
-def to_example(row: Row) -> Example:
-    """Validate and decode one input row. Raises ValueError(reason, detail) for a bad row."""
+def to_example(row: Row, decoded: dict[bytes, tuple[Any, bytes, str]] | None = None) -> Example:
+    """Validate and decode one input row. Raises ValueError(reason, detail) for a bad row.
+
+    ``decoded`` (encoded bytes -> :func:`vlmprobe.images.decode` result) lets rows that share an
+    image decode it once and share one PIL image.
+    """
     from vlmprobe.images import decode
 
     c = row.cells
@@ -82,7 +90,13 @@ def to_example(row: Row) -> Example:
     if answer is None or not str(answer).strip():
         raise ValueError("missing_answer", "the row has no ground-truth answer")
     try:
-        img, data, mime = decode(image_bytes(c.get("image"), row.uri))
+        raw = image_bytes(c.get("image"), row.uri)
+        if decoded is not None and raw in decoded:
+            img, data, mime = decoded[raw]
+        else:
+            img, data, mime = decode(raw)
+            if decoded is not None:
+                decoded[raw] = (img, data, mime)
     except (ValueError, OSError) as e:
         raise ValueError("image_unreadable", str(e)) from e
     choices = c.get("choices")
@@ -93,8 +107,23 @@ def to_example(row: Row) -> Example:
                    str(question), str(answer), choices, meta)
 
 
+@dataclass
+class _Work:
+    """One batch between the pipeline's stages: the decoded examples and the target's CPU work."""
+
+    examples: list[Example]
+    prepared: Any = None  # the target's PreparedBatch, when the target splits prepare/run
+    prepare_failed: bool = False
+
+
+def default_prepare_workers() -> int:
+    """Preprocessing threads per rank: the pod's cores shared by its ranks, 1 to 4."""
+    per_rank = (os.cpu_count() or 2) // max(int(os.environ.get("LOCAL_WORLD_SIZE", 1)), 1)
+    return max(1, min(4, per_rank))
+
+
 class RankProbe:
-    """One rank's work: target batches in a worker thread, teacher calls on the event loop."""
+    """One rank's work: reading, preprocessing and the target in threads, the teacher on the event loop."""
 
     def __init__(self, cfg: ProbeConfig, rank: int, target, failures: JsonlWriter, errors: JsonlWriter) -> None:
         from vlmprobe.teacher.templates import load_templates
@@ -106,7 +135,9 @@ class RankProbe:
         self.counts: Counter[str] = Counter()
         self.error_reasons: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()
-        self._lock = threading.Lock()  # rows are read and errors written from a worker thread too
+        self._lock = threading.Lock()  # rows are read and errors written from worker threads too
+        self.prepare_workers = default_prepare_workers()
+        self.pipeline_stats = PipelineStats()
 
     # -- records -----------------------------------------------------------------------------
     def _error(self, reason: str, detail: str, row: Row, record_id: str | None = None) -> None:
@@ -116,22 +147,11 @@ class RankProbe:
             self.error_reasons[reason] += 1
             self.counts["errors"] += 1
 
-    def _batches(self, files: list[str]) -> Iterator[list[Example]]:
-        batch: list[Example] = []
+    def _rows(self, files: list[str]) -> Iterator[Row]:
+        """Every row of ``files``; a file that cannot be read (any more) becomes one error row."""
         for uri in files:
             try:
-                for row in iter_rows(uri, batch_rows=max(self.cfg.failure_batch_size, 64)):
-                    with self._lock:
-                        self.counts["rows"] += 1
-                    try:
-                        batch.append(to_example(row))
-                    except ValueError as e:
-                        reason, detail = e.args if len(e.args) == 2 else ("bad_row", str(e))
-                        self._error(reason, detail, row, row_id(row.uri, row.row, row.cells.get("id")))
-                        continue
-                    if len(batch) == self.cfg.failure_batch_size:
-                        yield batch
-                        batch = []
+                yield from iter_rows(uri, batch_rows=max(self.cfg.failure_batch_size, 64))
             except (ValueError, OSError, pa.ArrowException) as e:
                 # A file we cannot read (any more): one error row for it; the rows read so far stay.
                 log.error("skipping the rest of %s: %s", uri, e)
@@ -140,19 +160,58 @@ class RankProbe:
                 with self._lock:
                     self.counts["bad_files"] += 1
                     self.error_reasons["unreadable_file"] += 1
+
+    def _batches(self, rows: Iterable[Row]) -> Iterator[list[Row]]:
+        """``failure_batch_size`` rows at a time, counted as they are read (in the reader thread)."""
+        batch: list[Row] = []
+        for row in rows:
+            with self._lock:
+                self.counts["rows"] += 1
+            batch.append(row)
+            if len(batch) == self.cfg.failure_batch_size:
+                yield batch
+                batch = []
         if batch:
             yield batch
 
     # -- target ------------------------------------------------------------------------------
-    def _answer(self, batch: list[Example]) -> list[str | None]:
-        """Predictions for a batch; if the batch fails, each example is retried alone."""
-        try:
-            return self.target.answer([e.image for e in batch], [e.question for e in batch],
-                                      [e.choices for e in batch])
-        except Exception:
-            if len(batch) == 1:
-                raise
-            log.exception("target failed on a batch of %d; retrying one at a time", len(batch))
+    def _prepare(self, rows: list[Row]) -> _Work:
+        """Worker thread: decode the rows (bad ones become error rows) and the target's CPU work."""
+        examples: list[Example] = []
+        decoded: dict[bytes, tuple] = {}  # rows of one batch that share an image decode it once
+        for row in rows:
+            try:
+                examples.append(to_example(row, decoded))
+            except ValueError as e:
+                reason, detail = e.args if len(e.args) == 2 else ("bad_row", str(e))
+                self._error(reason, detail, row, row_id(row.uri, row.row, row.cells.get("id")))
+        work = _Work(examples)
+        prepare = getattr(self.target, "prepare", None)
+        if examples and prepare is not None:
+            try:
+                work.prepared = prepare([e.image for e in examples], [e.question for e in examples],
+                                        [e.choices for e in examples], [e.image_bytes for e in examples])
+            except Exception:  # the device thread retries the examples one at a time
+                log.exception("target could not prepare a batch of %d; it will answer them one at a time",
+                              len(examples))
+                work.prepare_failed = True
+        return work
+
+    def _infer(self, work: _Work) -> list[str | None]:
+        """Device thread: predictions for a batch; if the batch fails, each example is retried alone."""
+        batch = work.examples
+        if not batch:
+            return []
+        if not work.prepare_failed:
+            try:
+                if work.prepared is not None:
+                    return self.target.run(work.prepared)
+                return self.target.answer([e.image for e in batch], [e.question for e in batch],
+                                          [e.choices for e in batch])
+            except Exception:
+                if len(batch) == 1:
+                    raise
+                log.exception("target failed on a batch of %d; retrying one at a time", len(batch))
         preds: list[str | None] = []
         for e in batch:
             try:
@@ -226,10 +285,14 @@ class RankProbe:
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self, files: list[str]) -> dict[str, Any]:
-        """Probe ``files`` with one teacher client; returns the client's stats."""
+        """Probe ``files`` with one teacher client; returns the client's stats.
+
+        The pipeline's stats (device busy time, waits, what bound the rank) are left in
+        ``self.pipeline_stats``.
+        """
         async with make_teacher(self.cfg) as teacher:
             self.teacher = teacher
-            await self._probe(files)
+            self.pipeline_stats = await self._probe(self._rows(files))
             return dict(teacher.stats)
 
     def _log_progress(self, started: float) -> None:
@@ -238,13 +301,23 @@ class RankProbe:
                  c["rows"], c["passed"], c["wrong"], c["verified"], c["rejected"], c["errors"],
                  c["rows"] / max(time.monotonic() - started, 1e-9))
 
-    async def _probe(self, files: list[str]) -> None:
+    async def _probe(self, rows: Iterable[Row]) -> PipelineStats:
+        """Answer, judge and explain ``rows``: the device never waits for decoding, only for the teacher.
+
+        Rows are read in one thread and decoded and preprocessed ``prefetch`` batches ahead by
+        worker threads; the target runs in its own thread; each batch's wrong answers go to the
+        teacher on this event loop while the next batch is on the device. At most
+        ``max(4 * concurrency, failure_batch_size)`` failures wait for the teacher at once; when
+        that backlog is full the device stops after one more batch, and the wait is counted
+        (``teacher_wait_s``).
+        """
         from vlmprobe.target.answers import is_correct
 
-        # Backpressure: at most this many failures wait for the teacher at once.
         room = asyncio.Semaphore(max(4 * self.cfg.concurrency, self.cfg.failure_batch_size))
         in_flight: set[asyncio.Task] = set()
         crashed: list[BaseException] = []  # a bug in _explain must fail the step, not vanish
+        started = time.monotonic()
+        last_log = [started]
 
         def finished(task: asyncio.Task) -> None:
             in_flight.discard(task)
@@ -252,14 +325,8 @@ class RankProbe:
             if not task.cancelled() and task.exception() is not None:
                 crashed.append(task.exception())
 
-        started = last_log = time.monotonic()
-        batches = self._batches(files)
-        while True:
-            batch = await asyncio.to_thread(next, batches, None)
-            if batch is None:
-                break
-            preds = await asyncio.to_thread(self._answer, batch)
-            for ex, pred in zip(batch, preds):
+        async def consume(work: _Work, preds: list[str | None]) -> None:
+            for ex, pred in zip(work.examples, preds):
                 if pred is None:
                     continue
                 if is_correct(pred, ex.answer, ex.choices):
@@ -270,15 +337,28 @@ class RankProbe:
                 task = asyncio.create_task(self._explain(ex, pred))
                 in_flight.add(task)
                 task.add_done_callback(finished)
-            if time.monotonic() - last_log >= PROGRESS_EVERY_S:
-                last_log = time.monotonic()
+            if time.monotonic() - last_log[0] >= PROGRESS_EVERY_S:
+                last_log[0] = time.monotonic()
                 self._log_progress(started)
             if crashed:
-                break
-        await asyncio.gather(*in_flight, return_exceptions=True)
+                raise crashed[0]
+
+        async def finish() -> None:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+        bind = getattr(self.target, "bind_thread", None)
+        try:
+            stats = await run_pipeline(self._batches(rows), self._prepare, self._infer, consume, finish=finish,
+                                       workers=self.prepare_workers, prefetch=PREFETCH_BATCHES, device_init=bind)
+        finally:
+            await asyncio.gather(*in_flight, return_exceptions=True)
         self._log_progress(started)
         if crashed:
             raise crashed[0]
+        s = stats
+        log.info("device busy %.0f%% of %.1fs (waited %.1fs for input, %.1fs for the teacher, %.1fs tail): "
+                 "bound by %s", 100 * s.busy_fraction, s.wall_s, s.input_wait_s, s.teacher_wait_s, s.tail_s, s.bound)
+        return stats
 
 
 def _clear_previous_outputs(layout: RunLayout) -> None:
@@ -349,6 +429,7 @@ def _run_rank(cfg: ProbeConfig, rank: int, world_size: int, distributed: bool) -
         "error_reasons": dict(probe.error_reasons),
         "tokens": dict(probe.tokens),
         "teacher": teacher_stats,
+        "pipeline": probe.pipeline_stats.as_dict(),  # device busy time, waits, what bound the rank
         "elapsed_s": round(time.monotonic() - t0, 3),
     }
     log.info("rank %d done: %s", rank, rank_stats["counts"])

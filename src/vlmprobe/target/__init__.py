@@ -3,7 +3,8 @@
 ``load_target(spec)`` picks the backend from the spec:
 
 - a local folder or a Hugging Face hub id -> :class:`vlmprobe.target.hf.LlavaTarget`
-  (transformers, in process, batched greedy ``generate``);
+  (transformers, in process: rows with choices scored by option log-likelihood in one forward
+  pass, open rows by batched greedy ``generate``; rows sharing an image encode it once);
 - ``openai:http://HOST:PORT/v1#MODEL`` -> :class:`vlmprobe.target.openai_server.OpenAICompatibleTarget`
   (chat completions against an OpenAI-compatible server such as vLLM).
 
@@ -25,6 +26,15 @@ class TargetLoadError(RuntimeError):
 
 
 class Target(Protocol):
+    """What the probe and the QA target check need from a backend.
+
+    ``answer`` returns one answer per row; for a row with choices an in-process target returns
+    the picked option exactly as given. Judge it with :func:`vlmprobe.target.answers.is_correct`.
+    In-process backends also split the work as ``prepare(images, questions, choices,
+    image_keys)`` (CPU, any thread) and ``run(prepared)`` (the device, one thread), which
+    :mod:`vlmprobe.probe.pipeline` overlaps; a backend without them is called through ``answer``.
+    """
+
     name: str
 
     def answer(
@@ -51,11 +61,14 @@ def load_target(
     device: str | None = None,
     max_new_tokens: int = 16,
     dtype: str = "auto",
+    choice_mode: str = "score",
 ) -> Target:
     """Build the target backend named by ``spec`` (see the module docstring).
 
-    ``device`` (default ``cuda:$LOCAL_RANK`` when CUDA is available, else ``cpu``) and
-    ``dtype`` (``auto`` = bfloat16 on CUDA, float32 on CPU) apply to in-process models only.
+    ``device`` (default ``cuda:$LOCAL_RANK`` when CUDA is available, else ``cpu``), ``dtype``
+    (``auto`` = bfloat16 on CUDA, float32 on CPU) and ``choice_mode`` (``score``: rows with
+    choices answered by option log-likelihood; ``generate``: generated like open rows) apply to
+    in-process models only; a server backend always generates.
     """
     if spec.startswith(OPENAI_PREFIX):
         from vlmprobe.target.openai_server import OpenAICompatibleTarget
@@ -63,7 +76,7 @@ def load_target(
         return OpenAICompatibleTarget.from_spec(spec, max_new_tokens=max_new_tokens)
     from vlmprobe.target.hf import LlavaTarget
 
-    return LlavaTarget(spec, device=device, max_new_tokens=max_new_tokens, dtype=dtype)
+    return LlavaTarget(spec, device=device, max_new_tokens=max_new_tokens, dtype=dtype, choice_mode=choice_mode)
 
 
 __all__ = ["Target", "TargetLoadError", "build_prompt_text", "load_target"]
