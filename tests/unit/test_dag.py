@@ -29,7 +29,8 @@ def test_structure(dag):
 def test_params_are_typed_bounded_described(dag):
     expected = {"nproc_per_node", "failure_batch_size", "parquet_sample_size", "num_shards", "concurrency",
                 "batch_size", "request_delay", "no_async", "error_output_format", "embed_images",
-                "samples_per_key", "input_uri", "output_uri", "target_model", "gemini_model", "seed"}
+                "samples_per_key", "input_uri", "output_uri", "target_model", "gemini_model", "seed",
+                "min_per_key", "max_per_category"}
     params = dag.params
     assert set(params.keys()) == expected
     for name in expected:
