@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmprobe.io.fs import basename, is_temp_name, join, list_all, list_dir, remove_files
+from vlmprobe.io.fs import TMP_MARK, basename, is_temp_name, join, list_all, list_dir, remove_files
 from vlmprobe.rundate import check_run_date
 
 STEPS = ("probe", "sample", "qa", "publish")
@@ -115,30 +115,26 @@ class RunLayout:
         """
         if step not in STEPS:
             raise ValueError(f"unknown step {step!r}; one of {STEPS}")
-        doomed: list[str] = [self.manifest]
-        if step == "publish":
-            pass
-        elif step == "qa" and shard_index is not None:
+        # the manifest, and a killed publish's temporary manifest, are stale after any rerun
+        doomed: list[str] = [self.manifest] + [u for u in list_dir(self.root) if is_temp_name(basename(u))]
+        if step == "qa" and shard_index is not None:
             mine = {basename(u) for u in (self.qa_shard(shard_index), self.qa_stats(shard_index),
                                           self.qa_errors(shard_index))}
             for uri in list_all(self.qa_dir) + list_all(self.errors_dir):
                 name = basename(uri)
-                if name in mine or (is_temp_name(name) and name[1:].split(".tmp-")[0] in mine):
+                if name in mine or (is_temp_name(name) and name[1:].split(TMP_MARK)[0] in mine):
                     doomed.append(uri)
-        else:
+        elif step != "publish":
             first = STEPS.index(step)
-            if first <= STEPS.index("probe"):
+            if first == 0:
                 doomed += _outside_resume_state(self.probe_dir, list_all(self.probe_dir))
-            if first <= STEPS.index("sample"):
+            if first <= 1:
                 doomed += list_all(self.sample_dir)
             doomed += _outside_resume_state(self.qa_dir, list_all(self.qa_dir))
-            stale_errors = ("probe-", "sample", "qa-") if first == 0 else ("sample", "qa-") if first == 1 else ("qa-",)
+            stale_errors = ("probe-", "sample", "qa-")[first:]
             for uri in list_all(self.errors_dir):
-                name = basename(uri)
-                if name.lstrip(".").startswith(stale_errors):
+                if basename(uri).lstrip(".").startswith(stale_errors):
                     doomed.append(uri)
-            # killed writers' temporary files directly under the run date (the manifest's)
-            doomed += [u for u in list_dir(self.root) if is_temp_name(basename(u))]
         return remove_files(doomed)
 
 
