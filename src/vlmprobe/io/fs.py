@@ -237,7 +237,12 @@ def remove_tree(uri: str) -> None:
     fs, path = resolve(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return
-    fs.delete_dir(path)
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        # GCS: the contents are gone but there was no folder-marker object to delete
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            raise
 
 
 def remove_file(uri: str) -> None:
