@@ -208,14 +208,15 @@ def test_the_steps_run_against_the_store_through_the_cli(store, demo_parquet, ti
     from vlmprobe.sample import run as sample_run
 
     calls = {"n": 0}
+    real = sample_run._output_line
 
-    def failing_estimate(record):
+    def fail_on_the_third_record(line, mode):
         calls["n"] += 1
         if calls["n"] == 3:
             raise OSError("connection reset while writing")
-        return 1
+        return real(line, mode)
 
-    monkeypatch.setattr(sample_run, "estimate_request_tokens", failing_estimate)
+    monkeypatch.setattr(sample_run, "_output_line", fail_on_the_third_record)
     with pytest.raises(OSError, match="connection reset"):
         sample_run.sample_keys(SampleConfig(output_uri=out, run_date=RUN_DATE))
     assert not exists(lay.sampled_failures()) and not exists(lay.shard_plan)

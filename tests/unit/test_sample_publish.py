@@ -132,6 +132,21 @@ def test_same_seed_and_input_give_a_byte_identical_sample_whatever_the_order(tmp
     assert (tmp_path / "other-seed" / RUN_DATE / "sample" / f"failures.{fmt}").read_bytes() != outputs[0]
 
 
+@pytest.mark.parametrize("record", [
+    {"id": "a", "failure_key": "k:v", "q": "what \"rank\"?"},  # no rank field: the line is copied
+    {"id": "a", "failure_key": "k:v", "rank": 3, "meta": {"x": 1}},  # one top-level rank: cut out
+    {"id": "a", "failure_key": "k:v", "rank": 3, "meta": {"rank": 7}},  # a column named rank too: re-encoded
+    {"rank": 12, "id": "a", "failure_key": "k:v"},
+])
+def test_the_sampled_line_is_the_record_without_its_rank(record):
+    from vlmprobe.sample.embed import record_line
+    from vlmprobe.sample.run import _copy_mode, _output_line
+
+    line = record_line(record)
+    want = record_line({k: v for k, v in record.items() if k != "rank"})
+    assert _output_line(line, _copy_mode(record, line)) == want
+
+
 def test_duplicates_caps_and_rare_keys_are_counted_and_reported(tmp_path):
     records = _probe_records({"count:circle": 20, "count:square": 20, "count:star": 2, "color:red": 3})
     dup = dict(records[42], id="again")  # color:red, same image: one failure seen three times

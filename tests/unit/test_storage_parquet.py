@@ -104,3 +104,19 @@ def test_iter_units_numbers_rows_by_their_place_in_the_file(tmp_path):
     units, _ = file_units(path)
     assert units == [WorkUnit(path, 0, 0, 4), WorkUnit(path, 1, 4, 4), WorkUnit(path, 2, 8, 2)]
     assert [r.row for r in iter_units(units[1:])] == [4, 5, 6, 7, 8, 9]
+
+
+def test_read_images_takes_bytes_paths_and_plain_binary(tmp_path):
+    from vlmprobe.io.parquet import read_images
+
+    (tmp_path / "pic.png").write_bytes(b"from-a-path")
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [{"bytes": b"inline", "path": None}, {"bytes": None, "path": "pic.png"}, {"bytes": None, "path": None}]
+    pq.write_table(pa.table({"image": pa.array(cells, struct), "question": ["q"] * 3, "answer": ["a"] * 3}),
+                   tmp_path / "s.parquet", row_group_size=2)
+    got = read_images(str(tmp_path / "s.parquet"), [2, 0, 1, 7])
+    assert bytes(got[0]) == b"inline" and bytes(got[1]) == b"from-a-path"
+    assert isinstance(got[2], ValueError) and isinstance(got[7], ValueError)
+    pq.write_table(pa.table({"image": [b"raw0", b"raw1"], "question": ["q"] * 2, "answer": ["a"] * 2}),
+                   tmp_path / "b.parquet")
+    assert bytes(read_images(str(tmp_path / "b.parquet"), [1])[1]) == b"raw1"

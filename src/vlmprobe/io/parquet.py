@@ -273,6 +273,38 @@ def read_cells(uri: str, rows: list[int], columns: list[str]) -> dict[int, dict[
     return out
 
 
+def read_images(uri: str, rows: list[int]) -> dict[int, Any]:
+    """The encoded image of each of ``rows`` of one file: bytes-like (zero-copy where the column
+    allows), or the exception saying why that row has none. Reads only the ``image`` column of
+    the row groups that hold the rows; rows past the end of the file get a ValueError.
+    """
+    pf = open_parquet(uri)
+    meta = pf.metadata
+    wanted = sorted(set(rows))
+    out: dict[int, Any] = {}
+    start, i = 0, 0
+    for rg in range(meta.num_row_groups):
+        stop = start + meta.row_group(rg).num_rows
+        hits = []
+        while i < len(wanted) and wanted[i] < stop:
+            hits.append(wanted[i])
+            i += 1
+        if hits:
+            column = pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks()
+            data = column.field("bytes") if pa.types.is_struct(column.type) else column
+            for r in hits:
+                try:
+                    scalar = data[r - start]
+                    buf = scalar.as_buffer() if scalar.is_valid else None
+                    out[r] = buf if buf is not None and buf.size else image_bytes(column[r - start].as_py(), uri)
+                except (ValueError, OSError) as e:
+                    out[r] = e
+        start = stop
+    for r in wanted[i:]:
+        out[r] = ValueError(f"{uri} has no row {r}")
+    return out
+
+
 def cell_image_bytes(cells: dict[int, dict[str, Any]], row: int, uri: str) -> bytes:
     """The image bytes of ``row`` from a :func:`read_cells` result; ValueError if the row is absent."""
     if row not in cells:

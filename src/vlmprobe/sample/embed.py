@@ -9,13 +9,17 @@ overlaps request latency.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from typing import Any
+
+try:  # SIMD base64, ~80x faster than the standard library's (which holds the GIL throughout)
+    from pybase64 import b64encode
+except ImportError:  # pragma: no cover - the package is a dependency; the fallback is only slower
+    from base64 import b64encode
 
 EMBED_CHUNK = 256  # records whose images are read together
 
@@ -34,21 +38,20 @@ def _image_ref(record: dict[str, Any]) -> tuple[str, int]:
 
 def _embed_file(uri: str, items: list[tuple[int, int, bytes]]) -> list[tuple[int, bytes | Exception]]:
     """(index, line with ``image_b64``, or the error) for records (index, row, line) of one file."""
-    from vlmprobe.io.parquet import cell_image_bytes, read_cells
+    from vlmprobe.io.parquet import read_images
 
     try:
-        cells = read_cells(uri, [row for _, row, _ in items], ["image"])
+        images = read_images(uri, [row for _, row, _ in items])
     except Exception as e:  # the whole file is unreadable now: each record gets the reason
         return [(i, ValueError(f"{uri}: {type(e).__name__}: {e}")) for i, _, _ in items]
     out: list[tuple[int, bytes | Exception]] = []
     for i, row, line in items:
-        try:
-            data = cell_image_bytes(cells, row, uri)
-        except (ValueError, OSError) as e:
-            out.append((i, e))
+        data = images[row]
+        if isinstance(data, Exception):
+            out.append((i, data))
             continue
         # base64 needs no JSON escaping: splice it in instead of re-encoding the whole record
-        out.append((i, b"".join((line[:-1], b', "image_b64": "', base64.b64encode(data), b'"}'))))
+        out.append((i, b"".join((line[:-1], b', "image_b64": "', b64encode(data), b'"}'))))
     return out
 
 

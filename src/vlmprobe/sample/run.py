@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import tempfile
 from array import array
 from collections import Counter, defaultdict
@@ -203,37 +204,40 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
                     continue
                 key = rec["failure_key"]
                 sampler.add(key, identity_hash(seed_key, key, rec.get("image"), rec.get("id")), line_hash(line),
-                            file_index, offset, len(line))
+                            file_index, offset, len(line), estimate_request_tokens(rec), _copy_mode(rec, line))
         bad_records = errors.count
         selection = sampler.selection(cfg.min_per_key, cfg.max_per_category)
         del sampler
         per_key = _per_key_table(selection)
-        file, offset, length = array("H"), array("Q"), array("I")
+        file, offset, length, tokens, mode = array("H"), array("Q"), array("I"), array("I"), array("B")
         for _, c in selection.candidates():
             file.append(c.file)
             offset.append(c.offset)
             length.append(c.length)
-        selection.kept.clear()  # from here on memory holds three small arrays, not candidates
+            tokens.append(c.tokens)
+            mode.append(c.mode)
+        selection.kept.clear()  # from here on memory holds five small arrays, not candidates
 
         # pass 2: the chosen records, read back by offset, in output order
         failures_uri = layout.sampled_failures(cfg.error_output_format)
         weights = array("I")
         chosen = _ChosenLines(files, file, offset, length)
         try:
-            records = (_clean(json.loads(line)) for line in chosen)
+            lines = (_output_line(line, m) for line, m in zip(chosen, mode))
             with _FailuresWriter(failures_uri, cfg.error_output_format == "json") as out:
                 if cfg.embed_images:
-                    for rec, line in embed_records(records, threads=EMBED_THREADS):
+                    records = (json.loads(line) for line in lines)
+                    for i, (rec, line) in enumerate(embed_records(records, threads=EMBED_THREADS)):
                         if isinstance(line, Exception):
                             error("image_unreadable", str(line), id=rec.get("id"), image=rec.get("image"),
                                   failure_key=rec.get("failure_key"))
                             continue
                         out.write(line)
-                        weights.append(estimate_request_tokens(rec))
+                        weights.append(tokens[i])
                 else:
-                    for rec in records:
-                        out.write(record_line(rec))
-                        weights.append(estimate_request_tokens(rec))
+                    for line in lines:
+                        out.write(line)
+                    weights = tokens
         finally:
             chosen.close()
     sampled = out.count
@@ -284,10 +288,34 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
     return {"shard_plan_uri": layout.shard_plan, **small}
 
 
-def _clean(rec: dict[str, Any]) -> dict[str, Any]:
+# How pass 2 turns an input line into the sampled record's line without parsing it again: the
+# record minus ``rank`` (where a failure was computed is not part of it). Decided per record from
+# its own content in pass 1, so the output is the same whatever the order of the input.
+COPY, CUT_RANK, REENCODE = 0, 1, 2
+_RANK = b'"rank"'
+
+
+def _copy_mode(rec: dict[str, Any], line: bytes) -> int:
+    if line.endswith(b"\r"):
+        return REENCODE
+    if _RANK not in line:
+        return COPY  # no rank anywhere: the line is the record
+    rank = rec.get("rank")
+    if type(rank) is int and line.count(_RANK) == 1 and line.count(b', "rank": %d' % rank) == 1:
+        return CUT_RANK  # exactly one "rank" in the line, and it is the top-level one
+    return REENCODE
+
+
+def _output_line(line: bytes, mode: int) -> bytes:
+    """The sampled record's line for an input line, as :func:`_copy_mode` decided."""
+    if mode == COPY:
+        return line
+    if mode == CUT_RANK:
+        return re.sub(rb', "rank": -?\d+', b"", line, count=1)
+    rec = json.loads(line)
     for name in DROPPED_FIELDS:
         rec.pop(name, None)
-    return rec
+    return record_line(rec)
 
 
 def _per_key_table(selection: Any) -> dict[str, dict[str, int]]:

@@ -6,8 +6,8 @@ without replacement that depends only on the set of failures and the seed, never
 order, rank count or completion order). Copies of one identity share a hash, so a duplicate
 (same image, same key) is kept once; the copy kept is the one whose line hashes smallest.
 
-Memory: a candidate is one Python int packing (hash, line hash, file, offset, length,
-duplicates) — about 60 bytes — and a key holds at most ``k`` plus a little slack of them, so
+Memory: a candidate is one Python int packing (hash, line hash, file, offset, length, estimated
+tokens, copy mode, duplicates) — about 60 bytes — and a key holds at most ``k`` plus a little slack of them, so
 memory grows with keys × ``k``, not with the number of failures. The records themselves are
 read again later, by offset (:mod:`vlmprobe.sample.run`).
 
@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 from vlmprobe.records import key_category
 
-_TB, _FILE, _OFF, _LEN, _DUP = 32, 16, 40, 24, 24
-MAX_FILES, MAX_OFFSET, MAX_LINE = 1 << _FILE, 1 << _OFF, 1 << _LEN
-_DUP_SHIFT = 0
-_LEN_SHIFT = _DUP
+_TB, _FILE, _OFF, _LEN, _TOK, _MODE, _DUP = 32, 16, 40, 24, 20, 2, 24
+MAX_FILES, MAX_OFFSET, MAX_LINE, MAX_TOKENS = 1 << _FILE, 1 << _OFF, 1 << _LEN, (1 << _TOK) - 1
+_MODE_SHIFT = _DUP
+_TOK_SHIFT = _MODE_SHIFT + _MODE
+_LEN_SHIFT = _TOK_SHIFT + _TOK
 _OFF_SHIFT = _LEN_SHIFT + _LEN
 _FILE_SHIFT = _OFF_SHIFT + _OFF
 _TB_SHIFT = _FILE_SHIFT + _FILE
@@ -57,20 +58,23 @@ class Candidate:
     file: int
     offset: int
     length: int
+    tokens: int  # the record's estimated request tokens
+    mode: int  # how pass 2 copies the record (see vlmprobe.sample.run)
     duplicates: int
 
     @classmethod
     def unpack(cls, packed: int) -> Candidate:
         return cls(packed >> _H_SHIFT, (packed >> _FILE_SHIFT) & (MAX_FILES - 1),
                    (packed >> _OFF_SHIFT) & (MAX_OFFSET - 1), (packed >> _LEN_SHIFT) & (MAX_LINE - 1),
-                   packed & ((1 << _DUP) - 1))
+                   (packed >> _TOK_SHIFT) & MAX_TOKENS, (packed >> _MODE_SHIFT) & 3, packed & ((1 << _DUP) - 1))
 
 
-def pack(h: int, tb: int, file: int, offset: int, length: int, dups: int = 0) -> int:
+def pack(h: int, tb: int, file: int, offset: int, length: int, tokens: int = 0, mode: int = 0, dups: int = 0) -> int:
     if not (file < MAX_FILES and offset < MAX_OFFSET and length < MAX_LINE):
         raise ValueError(f"record out of range: file #{file}, offset {offset}, {length} bytes")
     return (h << _H_SHIFT) | (tb << _TB_SHIFT) | (file << _FILE_SHIFT) | (offset << _OFF_SHIFT) \
-        | (length << _LEN_SHIFT) | min(dups, (1 << _DUP) - 1)
+        | (length << _LEN_SHIFT) | (min(tokens, MAX_TOKENS) << _TOK_SHIFT) | ((mode & 3) << _MODE_SHIFT) \
+        | min(dups, (1 << _DUP) - 1)
 
 
 class _Key:
@@ -93,7 +97,8 @@ class KeySampler:
         self.slack = slack if slack is not None else max(8, k // 4)
         self.keys: dict[str, _Key] = {}
 
-    def add(self, key: str, h: int, tb: int, file: int, offset: int, length: int) -> None:
+    def add(self, key: str, h: int, tb: int, file: int, offset: int, length: int, tokens: int = 0,
+            mode: int = 0) -> None:
         state = self.keys.get(key)
         if state is None:
             state = self.keys[key] = _Key()
@@ -101,7 +106,7 @@ class KeySampler:
         if state.threshold is not None and h > state.threshold:
             state.rejected += 1
             return
-        state.items.append(pack(h, tb, file, offset, length))
+        state.items.append(pack(h, tb, file, offset, length, tokens, mode))
         if len(state.items) > self.k + self.slack:
             self._compact(state)
 
