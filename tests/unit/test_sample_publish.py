@@ -28,10 +28,10 @@ def test_bottom_k_is_uniform_over_seeds_and_ignores_arrival_order():
     for seed in range(3000):
         s = KeySampler(2)
         for i in range(6):
-            s.add("k:v", random.Random(seed * 100 + i).getrandbits(64), 0, 0, i, 1)
+            s.add("k:v", random.Random(seed * 100 + i).getrandbits(48), 0, 0, i, 1)
         counts.update(_sampled(s, "k:v"))
     assert all(abs(c / 6000 - 1 / 6) < 0.03 for c in counts.values()), counts
-    items = [(random.Random(i).getrandbits(64), i) for i in range(500)]
+    items = [(random.Random(i).getrandbits(48), i) for i in range(500)]
     picks = []
     for order in range(3):
         s = KeySampler(7, slack=3)  # a small slack makes it compact (and evict) many times

@@ -290,7 +290,8 @@ def read_images(uri: str, rows: list[int]) -> dict[int, Any]:
             hits.append(wanted[i])
             i += 1
         if hits:
-            column = pf.read_row_group(rg, columns=["image"]).column("image").combine_chunks()
+            # one column, one thread: the caller's pool runs files in parallel
+            column = pf.read_row_group(rg, columns=["image"], use_threads=False).column("image").combine_chunks()
             data = column.field("bytes") if pa.types.is_struct(column.type) else column
             for r in hits:
                 try:

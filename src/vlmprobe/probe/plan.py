@@ -10,7 +10,9 @@ compute it once (:func:`plan_work`) and broadcast :meth:`WorkPlan.to_dict`.
 from __future__ import annotations
 
 import random
+from array import array
 from bisect import bisect_left
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -49,7 +51,7 @@ def split_for_rank(files: list[str], rank: int, world_size: int) -> list[str]:
     return files[start : start + base + (1 if rank < extra else 0)]
 
 
-def balanced_split(weights: list[int], parts: int) -> list[tuple[int, int]]:
+def balanced_split(weights: Sequence[int], parts: int) -> list[tuple[int, int]]:
     """Cut ``weights`` into ``parts`` contiguous, non-empty slices ``[start, stop)`` of near-equal sums.
 
     Slice ``k`` ends where the running sum comes closest to ``(k+1)/parts`` of the total, so no
@@ -59,7 +61,7 @@ def balanced_split(weights: list[int], parts: int) -> list[tuple[int, int]]:
     n = len(weights)
     if parts < 1 or n < parts:
         raise ValueError(f"cannot cut {n} item(s) into {parts} non-empty part(s)")
-    cum = list(accumulate(weights))  # cum[i] = sum of weights[0..i]
+    cum = array("Q", accumulate(weights))  # cum[i] = sum of weights[0..i]; compact for a million items
     total = cum[-1] if cum else 0
     bounds, start = [], 0
     for k in range(parts - 1):

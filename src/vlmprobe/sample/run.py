@@ -216,7 +216,7 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
             length.append(c.length)
             tokens.append(c.tokens)
             mode.append(c.mode)
-        selection.kept.clear()  # from here on memory holds five small arrays, not candidates
+        selection.kept.clear()  # from here on memory holds five flat arrays, one entry per chosen record
 
         # pass 2: the chosen records, read back by offset, in output order
         failures_uri = layout.sampled_failures(cfg.error_output_format)
@@ -320,7 +320,7 @@ def _output_line(line: bytes, mode: int) -> bytes:
 
 def _per_key_table(selection: Any) -> dict[str, dict[str, int]]:
     """Per failure key: records seen, kept, and how many were left out for which reason."""
-    return {key: {"seen": n, "kept": len(selection.kept.get(key, ())), "duplicates": selection.duplicates(key),
+    return {key: {"seen": n, "kept": selection.count(key), "duplicates": selection.duplicates(key),
                   "over_cap": selection.over_cap.get(key, 0),
                   "over_category_cap": selection.over_category_cap.get(key, 0),
                   "below_min_per_key": selection.below_min.get(key, 0)}

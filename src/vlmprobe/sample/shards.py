@@ -39,7 +39,7 @@ def plan_shards(weights: Sequence[int], starts: Sequence[int], stops: Sequence[i
     if n == 0:
         return []
     shards = []
-    for i, (start, stop) in enumerate(balanced_split(list(weights), n)):
+    for i, (start, stop) in enumerate(balanced_split(weights, n)):
         shards.append({"shard_index": i, "start": start, "stop": stop, "count": stop - start,
                        "byte_start": starts[start], "byte_stop": stops[stop - 1],
                        "estimated_tokens": sum(weights[start:stop])})
