@@ -120,3 +120,18 @@ def test_read_images_takes_bytes_paths_and_plain_binary(tmp_path):
     pq.write_table(pa.table({"image": [b"raw0", b"raw1"], "question": ["q"] * 2, "answer": ["a"] * 2}),
                    tmp_path / "b.parquet")
     assert bytes(read_images(str(tmp_path / "b.parquet"), [1])[1]) == b"raw1"
+
+
+def test_input_counts_say_when_the_step_must_fail():
+    assert "no input row could be read" in InputCounts(files_lost=3).problem(0.1)
+    assert InputCounts(files=2, rows_read=95, rows_lost=5).problem(0.1) is None
+    assert "10.0%" in InputCounts(files=2, rows_read=90, rows_lost=10, row_groups_lost=1).problem(0.05)
+    # one of two files lost with its row count unknown: taken as big as the readable one, 50%
+    assert "50.0%" in InputCounts(files=1, rows_read=90, files_lost=1, files_lost_rows_unknown=1).problem(0.1)
+    assert InputCounts(files=19, rows_read=1900, files_lost=1, files_lost_rows_unknown=1).problem(0.1) is None
+    # a file without the answer column told its 100 rows: the unreadable one is taken as 100 too
+    assert "200 of 1100" in InputCounts(files=9, rows_read=900, rows_lost=100, files_lost=2,
+                                        files_lost_rows_unknown=1).problem(0.1)
+    total = InputCounts(files=1, rows_read=5)
+    total.merge(InputCounts(files=2, rows_read=7, rows_lost=1))
+    assert (total.files, total.rows_read, total.rows_lost) == (3, 12, 1)

@@ -112,6 +112,22 @@ class InputCounts:
             self.row_groups_lost += 1
         self.rows_lost += err.num_rows or 0
 
+    def problem(self, max_error_rate: float) -> str | None:
+        """Why a step that read this input must fail, or None: no row read at all, or more rows
+        lost than ``max_error_rate`` of all rows. A file lost with an unknown row count is taken
+        to hold as many rows as the average readable file. A sentence for the user."""
+        if self.rows_read == 0:
+            return (f"no input row could be read ({self.files_lost} file(s) lost, {self.rows_lost} row(s) lost): "
+                    "check input_uri and the files' format (parquet with image, question and answer columns)")
+        readable = self.files + self.files_lost - self.files_lost_rows_unknown  # files that told their row count
+        per_file = (self.rows_read + self.rows_lost) / max(readable, 1)
+        lost = self.rows_lost + self.files_lost_rows_unknown * per_file
+        total = self.rows_read + lost
+        if lost / total > max_error_rate:
+            return (f"about {lost:.0f} of {total:.0f} input rows ({lost / total:.1%}) could not be read, more than "
+                    f"max_error_rate {max_error_rate:.1%}: see the error rows for the files and row ranges")
+        return None
+
     def merge(self, other: InputCounts) -> None:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
