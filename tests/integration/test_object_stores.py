@@ -198,10 +198,13 @@ def test_the_steps_run_against_the_store_through_the_cli(store, demo_parquet, ti
     # nothing temporary is left anywhere on the store
     assert not [u for u in list_all(lay.root) if "/." in u]
 
-    # a sample rerun with fewer shards: no stale QA shard, no stale manifest, on the store too
-    again = _cli(store, gemini_sim, "sample-keys", *common, "--num-shards", "1")
+    # a sample rerun with fewer shards: no stale QA shard, no stale manifest, on the store too;
+    # the images are embedded from the parquet files on the store
+    again = _cli(store, gemini_sim, "sample-keys", *common, "--num-shards", "1", "--embed-images", "true")
     assert again.returncode == 0, again.stderr[-3000:]
     assert not exists(lay.manifest) and not [u for u in list_all(lay.qa_dir) if "shard-" in u]
+    embedded = list(iter_jsonl(lay.sampled_failures()))
+    assert len(embedded) == plan["counts"]["sampled"] and all(r["image_b64"] for r in embedded)
 
     # an injected failure while the sample is written leaves no object under the final name
     from vlmprobe.config import SampleConfig
