@@ -8,7 +8,9 @@ baseline is skipped at 1M (it would hold ~3 GB).
 
 Embedding: parquet files of ~100 KB images (row groups of 32 rows, as image datasets are
 written), 1 sampled record per 8 rows — a sample touches rows sparsely — embedded with the
-real thread pool at 1 and 2 threads; records/s.
+real thread pool at 1 and 2 threads; records/s. Comparisons run in interleaved rounds and keep
+each side's best round, since the machine may be shared; a GIL-free reference (sha256 on 1 and
+2 threads) is printed for scale.
 
 Prints one line per measurement, then the summary (last line). Exit 1 unless
 RSS(1M) <= 1.5 x RSS(10k), streaming >= baseline at 100k, and 2 threads >= 1.6 x one thread.
@@ -33,6 +35,7 @@ KEYS = 5_000
 RANKS = 8
 SAMPLES_PER_KEY = 50
 BASELINE_MAX = 100_000
+ROUNDS = 3  # interleaved rounds per comparison; the best of each side counts (the machine is shared)
 CATEGORIES = ("color", "count", "spatial_relation", "text", "size", "shape", "occlusion", "lighting",
               "viewpoint", "small_object", "clutter", "other")
 
@@ -105,16 +108,22 @@ def child_baseline(root: str) -> dict:
     return {"seconds": time.perf_counter() - started, "sampled": sampled, "read": len(records)}
 
 
-def child_embed(root: str, threads: int) -> dict:
+def child_embed(root: str) -> dict:
+    """Records/s embedding with 1 and with 2 threads, rounds interleaved, best round of each.
+
+    Interleaving and keeping the best round make the ratio robust to other load on a shared machine.
+    """
     from vlmprobe.sample.embed import embed_records
 
     records = [json.loads(line) for line in open(Path(root) / "records.jsonl")]
-    best = 0.0
-    for _ in range(3):  # best of three: the machine is shared
-        started = time.perf_counter()
-        n = sum(1 for _, line in embed_records(records, threads=threads) if not isinstance(line, Exception))
-        best = max(best, n / (time.perf_counter() - started))
-    return {"records_per_s": best, "embedded": n}
+    best = {1: 0.0, 2: 0.0}
+    n = 0
+    for _ in range(ROUNDS):
+        for threads in (1, 2):
+            started = time.perf_counter()
+            n = sum(1 for _, line in embed_records(records, threads=threads) if not isinstance(line, Exception))
+            best[threads] = max(best[threads], n / (time.perf_counter() - started))
+    return {"one": best[1], "two": best[2], "embedded": n}
 
 
 def make_images(root: Path, files: int = 24, rows: int = 128, group: int = 32, every: int = 8) -> None:
@@ -137,28 +146,27 @@ def make_images(root: Path, files: int = 24, rows: int = 128, group: int = 32, e
             out.write(json.dumps(r) + "\n")
 
 
-def child_calibrate(threads: int) -> dict:
+def child_calibrate() -> dict:
     """The machine's own 2-thread speed-up right now, on work that never holds the GIL (sha256)."""
     import hashlib
     import threading
 
     data = os.urandom(8 << 20)
-    per_thread = 24 // threads
+    best = {1: 0.0, 2: 0.0}
+    for _ in range(ROUNDS):
+        for threads in (1, 2):
+            def work() -> None:
+                for _ in range(24 // threads):
+                    hashlib.sha256(data).digest()
 
-    def work() -> None:
-        for _ in range(per_thread):
-            hashlib.sha256(data).digest()
-
-    best = 0.0
-    for _ in range(3):
-        pool = [threading.Thread(target=work) for _ in range(threads)]
-        started = time.perf_counter()
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        best = max(best, 24 / (time.perf_counter() - started))
-    return {"hashes_per_s": best}
+            pool = [threading.Thread(target=work) for _ in range(threads)]
+            started = time.perf_counter()
+            for t in pool:
+                t.start()
+            for t in pool:
+                t.join()
+            best[threads] = max(best[threads], 24 / (time.perf_counter() - started))
+    return {"speedup": best[2] / best[1]}
 
 
 def run_child(*args: str) -> dict:
@@ -177,8 +185,13 @@ def main() -> int:
             make_probe_output(root, n)
             print(f"made {n:>9,} records ({sum(p.stat().st_size for p in (root / RUN_DATE / 'probe').iterdir()) / n:.0f} "
                   f"bytes each) in {time.perf_counter() - t:.1f}s", flush=True)
-            stream = run_child("stream", str(root))
-            base = run_child("baseline", str(root)) if n <= BASELINE_MAX else None
+            stream, base = None, None
+            for _ in range(ROUNDS if n <= BASELINE_MAX else 1):  # interleaved, best time of each
+                s = run_child("stream", str(root))
+                stream = s if stream is None or s["seconds"] < stream["seconds"] else stream
+                if n <= BASELINE_MAX:
+                    b = run_child("baseline", str(root))
+                    base = b if base is None or b["seconds"] < base["seconds"] else base
             results[n] = {"stream": stream, "baseline": base}
             line = (f"n={n:>9,}: streaming {stream['read'] / stream['seconds']:>9,.0f} rec/s, peak RSS "
                     f"{stream['rss_mb']:6.1f} MB, sampled {stream['sampled']:,}")
@@ -191,17 +204,16 @@ def main() -> int:
         img = Path(tmp) / "images"
         img.mkdir()
         make_images(img)
-        one = run_child("embed", str(img), "1")
-        two = run_child("embed", str(img), "2")
-        cal = run_child("calibrate", "-", "2")["hashes_per_s"] / run_child("calibrate", "-", "1")["hashes_per_s"]
-        print(f"embed ({one['embedded']} records, ~100 KB images): 1 thread {one['records_per_s']:,.0f} rec/s, "
-              f"2 threads {two['records_per_s']:,.0f} rec/s (this machine gives GIL-free work x{cal:.2f} "
-              f"with 2 threads right now)", flush=True)
+        embed = run_child("embed", str(img))
+        cal = run_child("calibrate", "-")["speedup"]
+        print(f"embed ({embed['embedded']} records, ~100 KB images): 1 thread {embed['one']:,.0f} rec/s, "
+              f"2 threads {embed['two']:,.0f} rec/s (for scale: this machine runs GIL-free work x{cal:.2f} faster "
+              f"on 2 threads right now)", flush=True)
 
     rss_growth = results[SIZES[-1]]["stream"]["rss_mb"] / results[SIZES[0]]["stream"]["rss_mb"]
     s100, b100 = results[100_000]["stream"], results[100_000]["baseline"]
     speed_ratio = (s100["read"] / s100["seconds"]) / (b100["read"] / b100["seconds"])
-    speedup = two["records_per_s"] / one["records_per_s"]
+    speedup = embed["two"] / embed["one"]
     ok = rss_growth <= 1.5 and speed_ratio >= 1.0 and speedup >= 1.6
     print(f"SUMMARY {'PASS' if ok else 'FAIL'}: peak RSS 10k->1M x{rss_growth:.2f} (goal <= 1.5); streaming/baseline "
           f"speed at 100k x{speed_ratio:.2f} (goal >= 1.0); embed 2 threads/1 thread x{speedup:.2f} (goal >= 1.6)")
@@ -216,9 +228,9 @@ if __name__ == "__main__":
         elif kind == "baseline":
             out = child_baseline(root)
         elif kind == "calibrate":
-            out = child_calibrate(int(rest[0]))
+            out = child_calibrate()
         else:
-            out = child_embed(root, int(rest[0]))
+            out = child_embed(root)
         out["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(out))
         sys.exit(0)

@@ -34,12 +34,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import tempfile
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
 from vlmprobe.config import SampleConfig
 from vlmprobe.io import JsonlWriter, RunLayout, exists, read_json, write_json
@@ -79,7 +80,8 @@ class _ChosenLines:
     def __init__(self, files: list[str], file: array, offset: array, length: array) -> None:
         self.files, self.file, self.offset, self.length = files, file, offset, length
         self._stack = contextlib.ExitStack()
-        self._handles: dict[int, IO[bytes]] = {}
+        self._handles: dict[int, Any] = {}
+        self._spool_file: Any = None
         if not all(is_local(u) for u in files):
             self._spool()
 
@@ -108,21 +110,27 @@ class _ChosenLines:
                     i += 1
         spool.flush()
         self.offset = moved
-        self.file = array("H", bytes(2 * len(order)))
-        self._handles[0] = spool
-        self.files = ["<spool>"]
+        self.file = array("H", bytes(2 * len(order)))  # every record is in "file" 0: the spool
+        self._spool_file = spool
 
-    def _handle(self, file_index: int) -> IO[bytes]:
+    def _fd(self, file_index: int) -> int:
         if file_index not in self._handles:
-            _, path = resolve(self.files[file_index])
-            self._handles[file_index] = self._stack.enter_context(open(path, "rb"))
+            f = self._spool_file
+            if f is None:
+                _, path = resolve(self.files[file_index])
+                f = self._stack.enter_context(open(path, "rb", buffering=0))
+            self._handles[file_index] = f.fileno()
         return self._handles[file_index]
 
     def __iter__(self) -> Iterator[bytes]:
-        for i in range(len(self.file)):
-            f = self._handle(self.file[i])
-            f.seek(self.offset[i])
-            yield f.read(self.length[i])
+        # one pread per record (not mmap: touched pages of a mapped file would count as our memory)
+        file, offset, length = self.file, self.offset, self.length
+        fd, current = -1, None
+        for i in range(len(file)):
+            if file[i] != current:
+                current = file[i]
+                fd = self._fd(current)
+            yield os.pread(fd, length[i], offset[i])
 
     def close(self) -> None:
         self._stack.close()
@@ -139,13 +147,17 @@ class _FailuresWriter:
 
     def __enter__(self) -> _FailuresWriter:
         self._f = self._cm.__enter__()
+        self._buf = bytearray()
         if self.json_array:
             self._put(b"[")
         return self
 
     def _put(self, data: bytes) -> None:
-        self._f.write(data)
+        self._buf += data
         self._pos += len(data)
+        if len(self._buf) >= 1 << 20:
+            self._f.write(self._buf)
+            self._buf.clear()
 
     def write(self, line: bytes) -> None:
         if self.json_array:
@@ -161,8 +173,10 @@ class _FailuresWriter:
         return len(self.starts)
 
     def __exit__(self, *exc: Any) -> bool:
-        if self.json_array and exc[0] is None:
-            self._put(b"\n]\n")
+        if exc[0] is None:
+            if self.json_array:
+                self._put(b"\n]\n")
+            self._f.write(self._buf)
         return bool(self._cm.__exit__(*exc))
 
 
@@ -298,10 +312,12 @@ _RANK = b'"rank"'
 def _copy_mode(rec: dict[str, Any], line: bytes) -> int:
     if line.endswith(b"\r"):
         return REENCODE
-    if _RANK not in line:
+    at = line.find(_RANK)
+    if at < 0:
         return COPY  # no rank anywhere: the line is the record
     rank = rec.get("rank")
-    if type(rank) is int and line.count(_RANK) == 1 and line.count(b', "rank": %d' % rank) == 1:
+    if (type(rank) is int and line.find(_RANK, at + 1) < 0 and line.startswith(b', "rank": %d' % rank, at - 2)
+            and not line[at + 9 + len(str(rank)):at + 10 + len(str(rank))].isdigit()):
         return CUT_RANK  # exactly one "rank" in the line, and it is the top-level one
     return REENCODE
 

@@ -23,9 +23,12 @@ CHARS_PER_TOKEN = 4
 
 def estimate_request_tokens(record: dict[str, Any]) -> int:
     """Input tokens of the QA request for one sampled failure (an estimate, for balancing)."""
-    factor = record.get("factor") or {}
-    text = sum(len(str(record.get(k) or "")) for k in ("question", "answer", "prediction", "failure_key"))
-    text += len(str(factor.get("completion") or ""))
+    factor = record.get("factor")
+    text = 0
+    for value in (record.get("question"), record.get("answer"), record.get("prediction"), record.get("failure_key"),
+                  factor.get("completion") if isinstance(factor, dict) else None):
+        if value:
+            text += len(value) if isinstance(value, str) else len(str(value))
     return PROMPT_OVERHEAD_TOKENS + IMAGE_TOKENS + -(-text // CHARS_PER_TOKEN)
 
 
