@@ -41,9 +41,6 @@ def is_local(uri: str) -> bool:
     return "://" not in uri or uri.startswith("file://")
 
 
-_is_local = is_local  # the older private name
-
-
 @lru_cache(maxsize=64)
 def _remote_filesystem(scheme: str, bucket: str, env: tuple[str | None, ...]) -> pafs.FileSystem:
     """One filesystem per (scheme, bucket, endpoint settings): S3 resolves a bucket's region once."""
