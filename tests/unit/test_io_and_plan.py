@@ -85,6 +85,10 @@ def test_factor_schema_allows_only_closed_values_and_the_simulator_keeps_to_it(g
     assert branches[("lighting",)]["enum"] == list(templates.get("lighting").values)
     assert "enum" not in next(v for cats, v in branches.items() if "count" in cats)
     assert sorted(c for cats in branches for c in cats) == sorted(templates.categories)
+    from vlmprobe.teacher.schemas import factor_response_schema
+
+    flat = factor_response_schema(templates, constrain=False)  # the fallback: one object, values described
+    assert flat["type"] == "object" and "glare" in flat["properties"]["value"]["description"]
 
     async def ask(n: int):
         async with Teacher("gemini-sim", base_url=gemini_sim.base_url) as teacher:

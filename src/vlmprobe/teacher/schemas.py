@@ -41,14 +41,23 @@ class FactorCompletion(BaseModel):
         return factor_response_schema(load_templates())
 
 
-def factor_response_schema(templates: TemplateSet) -> dict[str, Any]:
-    """The factor answer's JSON schema for ``templates`` (see the module docstring)."""
+def factor_response_schema(templates: TemplateSet, constrain: bool = True) -> dict[str, Any]:
+    """The factor answer's JSON schema for ``templates`` (see the module docstring).
+
+    ``constrain=False`` gives one flat object instead, the closed vocabularies only listed in
+    the ``value`` description (for an endpoint that refuses a top-level ``anyOf``); the key
+    normalisation still maps stray values to ``other``.
+    """
     flat = BaseModel.model_json_schema.__func__(FactorCompletion)  # pydantic's own, not the override
+    flat["properties"]["category"] = {**flat["properties"]["category"], "enum": list(templates.categories)}
     open_categories = [f.category for f in templates.factors if not f.closed]
     closed = [f for f in templates.factors if f.closed]
-    if not closed:
-        return {**flat, "properties": {**flat["properties"], "category": {
-            **flat["properties"]["category"], "enum": list(templates.categories)}}}
+    if not closed or not constrain:
+        if closed:
+            allowed = "; ".join(f"for {f.category}: one of {', '.join(f.values)}" for f in closed)
+            value = flat["properties"]["value"]
+            flat["properties"]["value"] = {**value, "description": f"{value['description']} Allowed values {allowed}."}
+        return flat
 
     def branch(categories: list[str], values: tuple[str, ...] = ()) -> dict[str, Any]:
         b = copy.deepcopy({k: v for k, v in flat.items() if k not in ("title", "description")})
