@@ -36,6 +36,7 @@ RANKS = 8
 SAMPLES_PER_KEY = 50
 BASELINE_MAX = 100_000
 ROUNDS = 3  # interleaved rounds per comparison; the best of each side counts (the machine is shared)
+THREAD_ROUNDS = 6  # the thread comparisons are short: more rounds
 CATEGORIES = ("color", "count", "spatial_relation", "text", "size", "shape", "occlusion", "lighting",
               "viewpoint", "small_object", "clutter", "other")
 
@@ -118,7 +119,7 @@ def child_embed(root: str) -> dict:
     records = [json.loads(line) for line in open(Path(root) / "records.jsonl")]
     best = {1: 0.0, 2: 0.0}
     n = 0
-    for _ in range(ROUNDS):
+    for _ in range(THREAD_ROUNDS):
         for threads in (1, 2):
             started = time.perf_counter()
             n = sum(1 for _, line in embed_records(records, threads=threads) if not isinstance(line, Exception))
@@ -153,7 +154,7 @@ def child_calibrate() -> dict:
 
     data = os.urandom(8 << 20)
     best = {1: 0.0, 2: 0.0}
-    for _ in range(ROUNDS):
+    for _ in range(THREAD_ROUNDS):
         for threads in (1, 2):
             def work() -> None:
                 for _ in range(24 // threads):
