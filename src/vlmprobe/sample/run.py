@@ -23,8 +23,8 @@ errors, over_cap, duplicates, below_min_per_key, over_category_cap.
 each with its byte range so a shard reads only its own records
 (:func:`vlmprobe.sample.shards.iter_shard_records`).
 
-Memory is flat in the number of failures: candidates cost ~60 bytes each (keys × samples_per_key
-of them), images are embedded a chunk at a time. Object-store inputs are copied to a local spool
+Memory is flat in the number of failures: a candidate costs 24 bytes (keys × samples_per_key of
+them), a chosen record ~19 bytes of arrays in pass 2, images are embedded a chunk at a time. Object-store inputs are copied to a local spool
 (``TMPDIR``) in pass 2, one sequential read per file. Safe to rerun: it first invalidates the
 sample, the QA outputs and the manifest (:meth:`vlmprobe.io.layout.RunLayout.invalidate`).
 """
