@@ -160,13 +160,20 @@ class _FailuresWriter:
             self._buf.clear()
 
     def write(self, line: bytes) -> None:
+        buf = self._buf
         if self.json_array:
-            self._put(b",\n" if self.starts else b"\n")
+            buf += b",\n" if self.starts else b"\n"
+            self._pos += 2 if self.starts else 1
         self.starts.append(self._pos)
-        self.stops.append(self._pos + len(line))
-        self._put(line)
+        self._pos += len(line)
+        self.stops.append(self._pos)
+        buf += line
         if not self.json_array:
-            self._put(b"\n")
+            buf += b"\n"
+            self._pos += 1
+        if len(buf) >= 1 << 20:
+            self._f.write(buf)
+            buf.clear()
 
     @property
     def count(self) -> int:
@@ -307,6 +314,7 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
 # its own content in pass 1, so the output is the same whatever the order of the input.
 COPY, CUT_RANK, REENCODE = 0, 1, 2
 _RANK = b'"rank"'
+_RANK_FIELD = re.compile(rb', "rank": -?\d+')
 
 
 def _copy_mode(rec: dict[str, Any], line: bytes) -> int:
@@ -327,7 +335,7 @@ def _output_line(line: bytes, mode: int) -> bytes:
     if mode == COPY:
         return line
     if mode == CUT_RANK:
-        return re.sub(rb', "rank": -?\d+', b"", line, count=1)
+        return _RANK_FIELD.sub(b"", line, count=1)
     rec = json.loads(line)
     for name in DROPPED_FIELDS:
         rec.pop(name, None)

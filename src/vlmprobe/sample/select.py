@@ -21,6 +21,7 @@ failures), ``over_category_cap`` (records of identities cut by ``max_per_categor
 from __future__ import annotations
 
 import hashlib
+import zlib
 from array import array
 from collections import defaultdict
 from collections.abc import Iterator
@@ -46,7 +47,8 @@ def identity_hash(seed_key: bytes, failure_key: str, image: object, record_id: o
 
 
 def line_hash(line: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(line, digest_size=2).digest(), "big")
+    """16 bits that tell copies of one failure apart by content (which copy is kept)."""
+    return zlib.crc32(line) & 0xFFFF
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class KeySampler:
             raise ValueError("k must be >= 1")
         self.k = k
         self.slack = slack if slack is not None else max(8, k // 4)
+        self._limit = 3 * (k + self.slack)
         self.keys: dict[str, _Key] = {}
 
     def add(self, key: str, h: int, tb: int, file: int, offset: int, length: int, tokens: int = 0,
@@ -111,8 +114,13 @@ class KeySampler:
         if state.threshold is not None and h > state.threshold:
             state.rejected += 1
             return
-        state.words.extend(pack(h, tb, file, offset, length, tokens, mode))
-        if len(state) > self.k + self.slack:
+        if not (file < MAX_FILES and offset < MAX_OFFSET and length < MAX_LINE):
+            raise ValueError(f"record out of range: file #{file}, offset {offset}, {length} bytes")
+        words = state.words
+        words.append((h << 16) | (tb & 0xFFFF))  # as pack() does, inline: this runs once per record
+        words.append((file << 48) | (offset << 2) | (mode & 3))
+        words.append((length << 40) | (min(tokens, MAX_TOKENS) << 20))
+        if len(words) > self._limit:
             self._compact(state)
 
     def _compact(self, state: _Key) -> None:
