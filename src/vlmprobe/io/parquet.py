@@ -308,17 +308,16 @@ def read_images(uri: str, rows: list[int]) -> dict[int, Any]:
         if hits:
             # one column, one thread: the caller's pool runs files in parallel
             chunks = pf.read_row_group(rg, columns=["image"], use_threads=False).column("image").chunks
+            datas = [c.field("bytes") if pa.types.is_struct(c.type) else c for c in chunks]
             first, c = 0, 0
             for r in hits:  # rows in order: walk the chunks (no copy into one array)
                 while r - start >= first + len(chunks[c]):
                     first += len(chunks[c])
                     c += 1
-                cell = chunks[c]
-                data = cell.field("bytes") if pa.types.is_struct(cell.type) else cell
                 try:
-                    scalar = data[r - start - first]
+                    scalar = datas[c][r - start - first]
                     buf = scalar.as_buffer() if scalar.is_valid else None
-                    out[r] = buf if buf is not None and buf.size else image_bytes(cell[r - start - first].as_py(), uri)
+                    out[r] = buf if buf is not None and buf.size else image_bytes(chunks[c][r - start - first].as_py(), uri)
                 except (ValueError, OSError) as e:
                     out[r] = e
         start = stop

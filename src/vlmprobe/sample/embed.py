@@ -36,22 +36,23 @@ def _image_ref(record: dict[str, Any]) -> tuple[str, int]:
     return image["uri"], image["row"]
 
 
-def _embed_file(uri: str, items: list[tuple[int, int, bytes]]) -> list[tuple[int, bytes | Exception]]:
-    """(index, line with ``image_b64``, or the error) for records (index, row, line) of one file."""
+def _embed_file(uri: str, items: list[tuple[int, int, bytes]]) -> list[tuple[int, tuple[bytes, ...] | Exception]]:
+    """(index, line with ``image_b64`` as parts, or the error) for records (index, row, line) of one file."""
     from vlmprobe.io.parquet import read_images
 
     try:
         images = read_images(uri, [row for _, row, _ in items])
     except Exception as e:  # the whole file is unreadable now: each record gets the reason
         return [(i, ValueError(f"{uri}: {type(e).__name__}: {e}")) for i, _, _ in items]
-    out: list[tuple[int, bytes | Exception]] = []
+    out: list[tuple[int, tuple[bytes, ...] | Exception]] = []
     for i, row, line in items:
         data = images[row]
         if isinstance(data, Exception):
             out.append((i, data))
             continue
-        # base64 needs no JSON escaping: splice it in instead of re-encoding the whole record
-        out.append((i, b"".join((line[:-1], b', "image_b64": "', b64encode(data), b'"}'))))
+        # base64 needs no JSON escaping: splice it in instead of re-encoding the whole record; the
+        # parts are written one after the other, never joined (a copy of every image, under the GIL)
+        out.append((i, (line[:-1] + b', "image_b64": "', b64encode(data), b'"}')))
     return out
 
 
@@ -75,8 +76,8 @@ class _Failed(Exception):
         self.index, self.error = index, error
 
 
-def _collect(chunk: list[dict[str, Any]], futures: list[Future | Exception]) -> list[bytes | Exception]:
-    out: list[bytes | Exception | None] = [None] * len(chunk)
+def _collect(chunk: list[dict[str, Any]], futures: list[Future | Exception]) -> list[tuple[bytes, ...] | Exception]:
+    out: list[tuple[bytes, ...] | Exception | None] = [None] * len(chunk)
     for f in futures:
         if isinstance(f, _Failed):
             out[f.index] = f.error
@@ -87,8 +88,9 @@ def _collect(chunk: list[dict[str, Any]], futures: list[Future | Exception]) -> 
 
 
 def embed_records(records: Iterable[dict[str, Any]], threads: int = 4,
-                  chunk: int = EMBED_CHUNK) -> Iterator[tuple[dict[str, Any], bytes | Exception]]:
-    """(record, its line with ``image_b64`` — or why its image could not be read), in input order."""
+                  chunk: int = EMBED_CHUNK) -> Iterator[tuple[dict[str, Any], tuple[bytes, ...] | Exception]]:
+    """(record, its line with ``image_b64`` — as parts to write one after the other, never joined —
+    or why its image could not be read), in input order."""
     it = iter(records)
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="embed") as pool:
         current = list(islice(it, chunk))

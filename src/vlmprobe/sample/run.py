@@ -159,15 +159,26 @@ class _FailuresWriter:
             self._f.write(self._buf)
             self._buf.clear()
 
-    def write(self, line: bytes) -> None:
+    def write(self, line: bytes | tuple[bytes, ...]) -> None:
+        """One record: a line, or the parts of one (large parts go straight to the file, unbuffered)."""
         buf = self._buf
         if self.json_array:
             buf += b",\n" if self.starts else b"\n"
             self._pos += 2 if self.starts else 1
         self.starts.append(self._pos)
-        self._pos += len(line)
+        if isinstance(line, bytes):
+            buf += line
+            self._pos += len(line)
+        else:
+            for part in line:
+                if len(part) >= 1 << 16:
+                    self._f.write(buf)
+                    buf.clear()
+                    self._f.write(part)
+                else:
+                    buf += part
+                self._pos += len(part)
         self.stops.append(self._pos)
-        buf += line
         if not self.json_array:
             buf += b"\n"
             self._pos += 1
