@@ -67,6 +67,9 @@ class SampleConfig(StepConfig):
     num_shards: int = param("num_shards")
     min_per_key: int = param("min_per_key")
     max_per_category: int = param("max_per_category")
+    # the shared max_error_rate (h5's param on main: use param("max_error_rate") once merged)
+    max_error_rate: float = Field(0.1, ge=0, le=1, description="A step fails when its error rows exceed this "
+                                  "fraction of its input records.")
 
     @model_validator(mode="after")
     def _min_within_cap(self) -> SampleConfig:

@@ -173,16 +173,29 @@ def test_min_per_key_above_the_cap_is_refused():
 
 
 def test_a_record_without_failure_key_is_an_error_row_naming_file_and_line(tmp_path):
-    records = _probe_records({"count:circle": 3})
+    records = _probe_records({"count:circle": 30})
     lay = _write_probe(str(tmp_path), records, 1)
     with open(lay.probe_rank(0), "a") as f:
         f.write('{"id": "nokey", "question": "q"}\n')
         f.write("not json at all\n")
     res = sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE))
     errors = list(iter_jsonl(lay.sample_errors))
-    assert [(e["reason"], e["line"]) for e in errors] == [("bad_record", 4), ("bad_record", 5)]
+    assert [(e["reason"], e["line"]) for e in errors] == [("bad_record", 31), ("bad_record", 32)]
     assert all(e["file"] == lay.probe_rank(0) for e in errors) and "failure_key" in errors[0]["detail"]
-    assert res["counts"]["errors"] == 2 and res["counts"]["sampled"] == 3
+    assert "rank-00000.jsonl line 32 is not JSON" in errors[1]["detail"]
+    assert res["counts"]["errors"] == 2 and res["counts"]["sampled"] == 30
+
+
+def test_more_bad_records_than_max_error_rate_fail_the_step_with_the_rows_kept(tmp_path):
+    lay = _write_probe(str(tmp_path), _probe_records({"count:circle": 3}), 2)
+    with open(lay.probe_rank(1), "a") as f:
+        f.write('{"id": "x", "failure_key": \n')
+    with pytest.raises(ValueError, match="rank-00001.jsonl line 2 is not JSON"):
+        sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE))  # 1 of 4 > 10%
+    assert [e["line"] for e in iter_jsonl(lay.sample_errors)] == [2]  # the error rows are there to read
+    assert not (tmp_path / RUN_DATE / "sample" / "shards.json").exists()  # no plan: QA cannot start on it
+    res = sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE, max_error_rate=0.5))
+    assert res["counts"]["errors"] == 1 and res["counts"]["sampled"] == 3
 
 
 def test_a_shard_reads_only_its_byte_range(tmp_path):

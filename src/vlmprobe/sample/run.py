@@ -12,6 +12,8 @@ earlier attempt cannot mix in) in two streaming passes:
    ``sample/failures.jsonl`` (``failures.json``, one array, with ``error_output_format=json``)
    whatever the file order, rank count or completion order of step 1.
 
+More unreadable records than ``max_error_rate`` of the input fail the step (``ValueError``,
+naming the first) after their error rows are written, before any sample or plan is.
 Optional ``max_per_category`` caps a category (balanced across its keys) and ``min_per_key``
 drops keys with fewer distinct failures; both are counted and listed in ``shards.json``.
 Duplicates (same image, same key) are kept once and counted. With ``embed_images`` each record
@@ -62,12 +64,12 @@ def _parse_failure(line: bytes) -> tuple[dict[str, Any] | None, str]:
     try:
         rec = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return None, f"not JSON: {e}"
+        return None, f"not JSON ({e})"
     if not isinstance(rec, dict):
         return None, f"a JSON {type(rec).__name__}, not an object"
     key = rec.get("failure_key")
     if not isinstance(key, str) or ":" not in key:
-        return None, f"no failure_key of the form category:value (got {key!r})"
+        return None, f"without a failure_key of the form category:value (got {key!r})"
     return rec, ""
 
 
@@ -214,6 +216,7 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
     seed_key = derive_seed(cfg.seed, cfg.run_date, "sample").to_bytes(8, "big")
     sampler = KeySampler(cfg.samples_per_key)
     seen = 0
+    first_bad = ""
     error_reasons: Counter[str] = Counter()
     with JsonlWriter(layout.sample_errors) as errors:
         def error(reason: str, detail: str, **where: Any) -> None:
@@ -228,7 +231,8 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
                 seen += 1
                 rec, why = _parse_failure(line)
                 if rec is None:
-                    error("bad_record", why, file=uri, line=lineno)
+                    error("bad_record", f"{uri} line {lineno} is {why}", file=uri, line=lineno)
+                    first_bad = first_bad or f"{uri} line {lineno} is {why}"
                     continue
                 if len(line) >= MAX_LINE:
                     error("bad_record", f"a {len(line)}-byte record; the limit is {MAX_LINE - 1}", file=uri,
@@ -238,6 +242,9 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
                 sampler.add(key, identity_hash(seed_key, key, rec.get("image"), rec.get("id")), line_hash(line),
                             file_index, offset, len(line), estimate_request_tokens(rec), _copy_mode(rec, line))
         bad_records = errors.count
+        too_many = _too_many(bad_records, seen, cfg.max_error_rate)
+        if too_many:  # the error rows are written (the with block ends normally); nothing else is
+            log.error("%s", too_many)
         selection = sampler.selection(cfg.min_per_key, cfg.max_per_category)
         del sampler
         per_key = _per_key_table(selection)
@@ -252,26 +259,10 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
 
         # pass 2: the chosen records, read back by offset, in output order
         failures_uri = layout.sampled_failures(cfg.error_output_format)
-        weights = array("I")
-        chosen = _ChosenLines(files, file, offset, length)
-        try:
-            lines = (_output_line(line, m) for line, m in zip(chosen, mode))
-            with _FailuresWriter(failures_uri, cfg.error_output_format == "json") as out:
-                if cfg.embed_images:
-                    records = (json.loads(line) for line in lines)
-                    for i, (rec, line) in enumerate(embed_records(records, threads=EMBED_THREADS)):
-                        if isinstance(line, Exception):
-                            error("image_unreadable", str(line), id=rec.get("id"), image=rec.get("image"),
-                                  failure_key=rec.get("failure_key"))
-                            continue
-                        out.write(line)
-                        weights.append(tokens[i])
-                else:
-                    for line in lines:
-                        out.write(line)
-                    weights = tokens
-        finally:
-            chosen.close()
+        if not too_many:
+            out, weights = _write_sample(cfg, files, (file, offset, length, tokens, mode), failures_uri, error)
+    if too_many:
+        raise ValueError(f"sample_keys: {too_many}; the first: {first_bad}; all are in {layout.sample_errors}")
     sampled = out.count
     shards = plan_shards(weights, out.starts, out.stops, cfg.num_shards)
     per_category: dict[str, Counter[str]] = defaultdict(Counter)
@@ -318,6 +309,47 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
     # The plan minus the per-key tables: small enough for XCom at the 256-shard bound.
     small = {k: v for k, v in plan.items() if k not in ("per_key", "keys_below_min_per_key")}
     return {"shard_plan_uri": layout.shard_plan, **small}
+
+
+def _write_sample(cfg: SampleConfig, files: list[str], chosen_arrays: tuple[array, ...], failures_uri: str,
+                  error: Any) -> tuple[_FailuresWriter, array]:
+    """Pass 2: the chosen records, read back by offset and written in output order.
+
+    Returns the writer (its byte ranges) and each written record's estimated tokens.
+    """
+    file, offset, length, tokens, mode = chosen_arrays
+    chosen = _ChosenLines(files, file, offset, length)
+    try:
+        lines = (_output_line(line, m) for line, m in zip(chosen, mode))
+        with _FailuresWriter(failures_uri, cfg.error_output_format == "json") as out:
+            if not cfg.embed_images:
+                for line in lines:
+                    out.write(line)
+                return out, tokens
+            weights = array("I")
+            records = (json.loads(line) for line in lines)
+            for i, (rec, line) in enumerate(embed_records(records, threads=EMBED_THREADS)):
+                if isinstance(line, Exception):
+                    error("image_unreadable", str(line), id=rec.get("id"), image=rec.get("image"),
+                          failure_key=rec.get("failure_key"))
+                    continue
+                out.write(line)
+                weights.append(tokens[i])
+            return out, weights
+    finally:
+        chosen.close()
+
+
+def _too_many(errors: int, seen: int, max_error_rate: float) -> str:
+    """Why the step fails for its unreadable input records (more than ``max_error_rate``), or "".
+
+    Only records that cannot be read at all count here (a damaged probe output); images that
+    cannot be embedded are error rows that publish weighs with the run's other errors.
+    """
+    if seen and errors / seen > max_error_rate:
+        return (f"{errors} of {seen} failure records ({errors / seen:.1%}) could not be sampled, more than "
+                f"max_error_rate {max_error_rate:.0%}")
+    return ""
 
 
 # How pass 2 turns an input line into the sampled record's line without parsing it again: the
