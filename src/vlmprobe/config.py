@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from vlmprobe.params import PARAM_SPECS
 from vlmprobe.rundate import check_run_date, expand_uri
@@ -83,6 +83,16 @@ class SampleConfig(StepConfig):
     error_output_format: Literal["jsonl", "json"] = param("error_output_format")
     embed_images: bool = param("embed_images")
     num_shards: int = param("num_shards")
+    min_per_key: int = param("min_per_key")
+    max_per_category: int = param("max_per_category")
+    max_error_rate: float = param("max_error_rate")
+
+    @model_validator(mode="after")
+    def _min_within_cap(self) -> SampleConfig:
+        if self.min_per_key > self.samples_per_key:
+            raise ValueError(f"min_per_key ({self.min_per_key}) cannot exceed samples_per_key "
+                             f"({self.samples_per_key}): lower min_per_key or raise samples_per_key")
+        return self
 
 
 class QAConfig(StepConfig, TeacherSettings):

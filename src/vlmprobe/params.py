@@ -161,6 +161,25 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
         description="QA items written: all of them, or only those the target answered wrongly "
         "(needs the target check).",
     ),
+    # -- data (h8): sampling balance ------------------------------------------------------------
+    "min_per_key": dict(
+        default=1,
+        type="integer",
+        minimum=1,
+        maximum=1_000_000,
+        section=SAMPLE,
+        description="Failure keys with fewer distinct failures are left out of the sample (listed in "
+                    "sample/shards.json); at most samples_per_key.",
+    ),
+    "max_per_category": dict(
+        default=0,
+        type="integer",
+        minimum=0,
+        maximum=100_000_000,
+        section=SAMPLE,
+        description="At most this many sampled failures per factor category, spread evenly over its keys "
+                    "(0 = no cap).",
+    ),
 }
 
 

@@ -88,8 +88,9 @@ def test_params_are_typed_bounded_described(dag):
     expected |= {"teacher_rpm", "teacher_tpm", "teacher_rpd", "teacher_retry_window_s", "max_error_rate",
                  "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher (h5)
     expected |= {"max_new_tokens", "qa_target_check", "qa_keep"}  # target (issue 9)
+    expected |= {"min_per_key", "max_per_category"}  # data (issue 8)
     params = dag.params
-    assert expected <= set(params.keys())  # other areas add theirs
+    assert set(params.keys()) == expected
     for name in params.keys():
         p = params.get_param(name)
         assert p.description, name

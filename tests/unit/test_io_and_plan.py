@@ -50,6 +50,64 @@ def test_failure_key_normalizes():
     assert failure_key("count", "") == "count:unknown"
 
 
+@pytest.mark.parametrize("category,value,key", [
+    ("count", "circles", "count:circle"),  # the demo's count:circle / count:circles split
+    ("Count", "  the Circles. ", "count:circle"),
+    ("count", "small squares", "count:small_square"),
+    ("color", "Grey  DISCS", "color:gray_circle"),  # word synonyms declared by the template set
+    ("size", "buses", "size:bus"),
+    ("shape", "lens", "shape:lens"),  # invariant words stay as they are
+    ("text", "STOP signs", "text:stop_signs"),  # text is quoted, never put in the singular
+    ("lighting", "Dim light", "lighting:dark"),  # phrase synonyms of a closed category
+    ("lighting", "reflections", "lighting:glare"),
+    ("lighting", "foggy haze", "lighting:other"),  # outside the closed vocabulary
+    ("viewpoint", "Bird's-eye view", "viewpoint:top_down"),
+    ("mood", "gloomy", "other:gloomy"),  # not a category of the set
+])
+def test_failure_keys_come_from_a_controlled_vocabulary(category, value, key):
+    assert failure_key(category, value) == key
+    cat, val = key.split(":")
+    assert failure_key(cat, val.replace("_", " ")) == key  # normalising a key again changes nothing
+
+
+def test_factor_schema_allows_only_closed_values_and_the_simulator_keeps_to_it(gemini_sim):
+    import asyncio
+
+    from vlmprobe.records import vocabulary
+    from vlmprobe.teacher.client import Teacher
+    from vlmprobe.teacher.prompts import factor_prompt
+    from vlmprobe.teacher.schemas import FactorCompletion
+    from vlmprobe.teacher.templates import load_templates
+
+    templates = load_templates()
+    schema = FactorCompletion.model_json_schema()
+    branches = {tuple(b["properties"]["category"]["enum"]): b["properties"]["value"] for b in schema["anyOf"]}
+    assert branches[("lighting",)]["enum"] == list(templates.get("lighting").values)
+    assert "enum" not in next(v for cats, v in branches.items() if "count" in cats)
+    assert sorted(c for cats in branches for c in cats) == sorted(templates.categories)
+    from vlmprobe.teacher.schemas import factor_response_schema
+
+    flat = factor_response_schema(templates, constrain=False)  # the fallback: one object, values described
+    assert flat["type"] == "object" and "glare" in flat["properties"]["value"]["description"]
+
+    async def ask(n: int):
+        async with Teacher("gemini-sim", base_url=gemini_sim.base_url) as teacher:
+            prompts = [factor_prompt(templates, f"How many circles are there in picture {i}?", "3", "4", None)
+                       for i in range(n)]
+            return await asyncio.gather(*(teacher.generate(p, FactorCompletion) for p in prompts))
+
+    results = asyncio.run(ask(40))
+    vocab = vocabulary()
+    closed_seen = 0
+    for r in results:
+        key = failure_key(r.parsed.category, r.parsed.value)
+        if r.parsed.category in vocab.closed:
+            closed_seen += 1
+            assert r.parsed.value in templates.get(r.parsed.category).values
+            assert key.split(":")[1].replace("_", " ") in vocab.closed[r.parsed.category]
+    assert closed_seen > 0
+
+
 def test_file_sampling_is_seeded_by_run_date(demo_parquet):
     all_files = list_files(demo_parquet, ".parquet")
     assert len(all_files) == 4

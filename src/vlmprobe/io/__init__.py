@@ -1,4 +1,4 @@
-"""Storage: URIs through pyarrow.fs (local paths, file://, gs://, s3://), JSON/JSONL, parquet."""
+"""Storage: URIs through pyarrow.fs (local paths, file://, gs://, s3://), JSON/JSONL, parquet, journals."""
 
 from vlmprobe.io.fs import (
     atomic_write,
@@ -10,10 +10,12 @@ from vlmprobe.io.fs import (
     remove_tree,
     write_json,
 )
+from vlmprobe.io.journal import Journal
 from vlmprobe.io.jsonl import JsonlWriter, iter_json_records, iter_jsonl
 from vlmprobe.io.layout import RunLayout
 
 __all__ = [
+    "Journal",
     "JsonlWriter",
     "RunLayout",
     "atomic_write",

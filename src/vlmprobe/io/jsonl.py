@@ -7,7 +7,9 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from vlmprobe.io.fs import atomic_write, resolve
+from vlmprobe.io.fs import atomic_write, open_input_stream
+
+LINE_CHUNK = 1 << 20
 
 
 class JsonlWriter:
@@ -48,25 +50,50 @@ class JsonlWriter:
         return bool(self._cm.__exit__(*exc))
 
 
+def iter_lines(uri: str, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line without its newline) of every line of ``uri``, streamed in 1 MB reads.
+
+    With ``start``/``stop``, only the lines that start in ``[start, stop)``; ``start`` must be
+    the offset of a line's first byte (as this function reports them).
+    """
+    if start:
+        from vlmprobe.io.fs import open_input_file
+
+        f = open_input_file(uri)
+        f.seek(start)
+    else:
+        f = open_input_stream(uri)
+    with f:
+        pos, rest = start, b""
+        while stop is None or pos < stop:
+            chunk = f.read(LINE_CHUNK)
+            if not chunk:
+                break
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                if stop is not None and pos >= stop:
+                    return
+                yield pos, line
+                pos += len(line) + 1
+        if rest and (stop is None or pos < stop):
+            yield pos, rest
+
+
 def iter_jsonl(uri: str) -> Iterator[dict[str, Any]]:
     """Stream the records of a JSONL file, one line at a time."""
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as raw:
-        import io
-
-        for lineno, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{uri} line {lineno} is not JSON: {e}") from e
+    for lineno, (_, line) in enumerate(iter_lines(uri), 1):
+        if line.strip():
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{uri} line {lineno} is not JSON: {e}") from e
 
 
 def iter_json_array(uri: str, chunk_chars: int = 1 << 20) -> Iterator[Any]:
     """Stream the elements of a file holding one JSON array, a chunk at a time."""
     decoder = json.JSONDecoder()
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as raw:
+    with open_input_stream(uri) as raw:
         import io
 
         text = io.TextIOWrapper(raw, encoding="utf-8")

@@ -1,11 +1,27 @@
-"""Where one run's outputs live: ``{output_uri}/{run_date}/...`` (the design's interface)."""
+"""Where one run's outputs live: ``{output_uri}/{run_date}/...`` (the design's interface).
+
+Rerun policy (one rule for every step): **a step's rerun invalidates everything downstream of
+it before it writes** — its own outputs, every later step's outputs and the manifest — so a
+rerun can never leave an old ``manifest.json``, sample or QA shard next to new results.
+:meth:`RunLayout.invalidate` does it, and removes the temporary files of killed writers
+(``.NAME.tmp-*``) in the folders it cleans.
+
+What survives a rerun by design (issue 5: never pay Gemini twice):
+- ``probe/_journal/`` and ``qa/_journal/``: per-record resume journals (:mod:`vlmprobe.io.journal`);
+  the step that reads one decides whether its records still apply (fingerprint them);
+- ``qa/_checkpoint-*``: the QA step's per-batch checkpoints, which check their own fingerprint;
+- ``_teacher/``: the teacher's quota and spend ledgers, shared by every step of the run date.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vlmprobe.io.fs import join
+from vlmprobe.io.fs import TMP_MARK, basename, is_temp_name, join, list_all, list_dir, remove_files
 from vlmprobe.rundate import check_run_date
+
+STEPS = ("probe", "sample", "qa", "publish")
+RESUME_STATE = ("_journal", "_checkpoint-")  # names under probe/ and qa/ that reruns keep
 
 
 @dataclass(frozen=True)
@@ -32,13 +48,21 @@ class RunLayout:
     def probe_success(self) -> str:
         return join(self.probe_dir, "_SUCCESS.json")
 
+    @property
+    def probe_journal(self) -> str:
+        return join(self.probe_dir, "_journal")
+
     # step 2
+    @property
+    def sample_dir(self) -> str:
+        return join(self.root, "sample")
+
     def sampled_failures(self, fmt: str = "jsonl") -> str:
-        return join(self.root, "sample", f"failures.{fmt}")
+        return join(self.sample_dir, f"failures.{fmt}")
 
     @property
     def shard_plan(self) -> str:
-        return join(self.root, "sample", "shards.json")
+        return join(self.sample_dir, "shards.json")
 
     # step 3
     @property
@@ -50,6 +74,10 @@ class RunLayout:
 
     def qa_stats(self, index: int) -> str:
         return join(self.qa_dir, f"_shard-{index:05d}.stats.json")
+
+    @property
+    def qa_journal(self) -> str:
+        return join(self.qa_dir, "_journal")
 
     # errors: every record that could not be processed, with its reason
     @property
@@ -69,3 +97,51 @@ class RunLayout:
     @property
     def manifest(self) -> str:
         return join(self.root, "manifest.json")
+
+    @property
+    def teacher_dir(self) -> str:
+        return join(self.root, "_teacher")
+
+    # reruns
+    def invalidate(self, step: str, shard_index: int | None = None) -> list[str]:
+        """Remove what a rerun of ``step`` makes stale; returns the URIs removed. Call it before writing.
+
+        ``probe``: everything under the run date except the resume journals, the QA checkpoints
+        and ``_teacher/``. ``sample``: ``sample/``, the QA outputs and stats, the sample and QA
+        error files, the manifest. ``qa`` with ``shard_index``: that shard's output, stats, error
+        file and temporary files, and the manifest (the other shards may be running; they stay).
+        ``qa`` without a shard: every shard, as for ``sample`` less ``sample/``. ``publish``: the
+        manifest. Temporary files of killed writers go with the folders they are in.
+        """
+        if step not in STEPS:
+            raise ValueError(f"unknown step {step!r}; one of {STEPS}")
+        # the manifest, and a killed publish's temporary manifest, are stale after any rerun
+        doomed: list[str] = [self.manifest] + [u for u in list_dir(self.root) if is_temp_name(basename(u))]
+        if step == "qa" and shard_index is not None:
+            mine = {basename(u) for u in (self.qa_shard(shard_index), self.qa_stats(shard_index),
+                                          self.qa_errors(shard_index))}
+            for uri in list_all(self.qa_dir) + list_all(self.errors_dir):
+                name = basename(uri)
+                if name in mine or (is_temp_name(name) and name[1:].split(TMP_MARK)[0] in mine):
+                    doomed.append(uri)
+        elif step != "publish":
+            first = STEPS.index(step)
+            if first == 0:
+                doomed += _outside_resume_state(self.probe_dir, list_all(self.probe_dir))
+            if first <= 1:
+                doomed += list_all(self.sample_dir)
+            doomed += _outside_resume_state(self.qa_dir, list_all(self.qa_dir))
+            stale_errors = ("probe-", "sample", "qa-")[first:]
+            for uri in list_all(self.errors_dir):
+                if basename(uri).lstrip(".").startswith(stale_errors):
+                    doomed.append(uri)
+        return remove_files(doomed)
+
+
+def _outside_resume_state(folder: str, uris: list[str]) -> list[str]:
+    out = []
+    for uri in uris:
+        top = uri[len(folder):].lstrip("/").split("/", 1)[0]
+        if not top.startswith(RESUME_STATE):
+            out.append(uri)
+    return out

@@ -1,11 +1,28 @@
-"""Which parquet files a run reads, and which rank reads which (deterministic)."""
+"""Which parquet files a run reads, and which rank reads which rows (deterministic).
+
+The work is planned from the files' footers: one :class:`~vlmprobe.io.parquet.WorkUnit` per
+non-empty row group, in file order, then split into contiguous runs of units, one per rank,
+balanced by row count (not file count: one big file no longer makes one rank the straggler).
+Every rank that computes the plan from the same files gets the same plan; phase 2 has rank 0
+compute it once (:func:`plan_work`) and broadcast :meth:`WorkPlan.to_dict`.
+"""
 
 from __future__ import annotations
 
 import random
+from array import array
+from bisect import bisect_left
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
 
 from vlmprobe.io.fs import list_files
+from vlmprobe.io.parquet import ReadError, WorkUnit, file_units
 from vlmprobe.rundate import derive_seed
+
+FOOTER_THREADS = 16  # footers are small reads; on object stores their latency is what costs
 
 
 def sample_files(input_uri: str, sample_size: int, seed: int, run_date: str) -> list[str]:
@@ -32,3 +49,80 @@ def split_for_rank(files: list[str], rank: int, world_size: int) -> list[str]:
     base, extra = divmod(len(files), world_size)
     start = rank * base + min(rank, extra)
     return files[start : start + base + (1 if rank < extra else 0)]
+
+
+def balanced_split(weights: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Cut ``weights`` into ``parts`` contiguous, non-empty slices ``[start, stop)`` of near-equal sums.
+
+    Slice ``k`` ends where the running sum comes closest to ``(k+1)/parts`` of the total, so no
+    slice exceeds its fair share by more than one item's weight. Deterministic.
+    Raises ValueError when there are fewer items than parts.
+    """
+    n = len(weights)
+    if parts < 1 or n < parts:
+        raise ValueError(f"cannot cut {n} item(s) into {parts} non-empty part(s)")
+    cum = array("Q", accumulate(weights))  # cum[i] = sum of weights[0..i]; compact for a million items
+    total = cum[-1] if cum else 0
+    bounds, start = [], 0
+    for k in range(parts - 1):
+        target = total * (k + 1) / parts
+        # the last item of slice k: leave at least one item for each later slice
+        lo, hi = start, n - (parts - k - 1) - 1
+        i = min(max(bisect_left(cum, target, lo, hi + 1), lo), hi)
+        if i > lo and abs(cum[i - 1] - target) <= abs(cum[i] - target):
+            i -= 1
+        bounds.append((start, i + 1))
+        start = i + 1
+    bounds.append((start, n))
+    return bounds
+
+
+@dataclass
+class WorkPlan:
+    """The run's input: row groups to read, files that cannot be read at all, and the split."""
+
+    files: list[str]
+    units: list[WorkUnit]
+    lost: list[ReadError] = field(default_factory=list)  # unreadable footers, missing columns
+
+    @property
+    def total_rows(self) -> int:
+        return sum(u.num_rows for u in self.units)
+
+    def for_rank(self, rank: int, world_size: int) -> list[WorkUnit]:
+        """The contiguous run of units ``rank`` reads; raises ValueError (with advice) when ranks outnumber units."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        if world_size > len(self.units):
+            raise ValueError(
+                f"{world_size} ranks but the sampled files hold only {len(self.units)} readable row group(s) "
+                f"({self.total_rows} rows in {len(self.files) - len(self.lost)} readable file(s)): lower "
+                f"nproc_per_node to {max(len(self.units), 1)} or raise parquet_sample_size (or add input files)")
+        start, stop = balanced_split([u.num_rows for u in self.units], world_size)[rank]
+        return self.units[start:stop]
+
+    def lost_for_rank(self, rank: int, world_size: int) -> list[ReadError]:
+        """The lost files a rank reports as error rows: spread round-robin so each is reported once."""
+        return self.lost[rank::world_size]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"files": self.files, "units": [u.to_dict() for u in self.units],
+                "lost": [vars(e) for e in self.lost]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WorkPlan:
+        return cls(list(d["files"]), [WorkUnit.from_dict(u) for u in d["units"]],
+                   [ReadError(**e) for e in d["lost"]])
+
+
+def plan_work(files: list[str], threads: int = FOOTER_THREADS) -> WorkPlan:
+    """Read the footers of ``files`` (in parallel) and plan the row groups; files keep their order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
+        results = list(pool.map(file_units, files))
+    units: list[WorkUnit] = []
+    lost: list[ReadError] = []
+    for file_unit_list, err in results:
+        units.extend(file_unit_list)
+        if err is not None:
+            lost.append(err)
+    return WorkPlan(list(files), units, lost)

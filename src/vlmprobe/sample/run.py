@@ -1,128 +1,290 @@
-"""Step 2: stream step 1's verified failures, keep up to ``samples_per_key`` per failure key.
+"""Step 2: a reproducible, balanced sample of step 1's verified failures, and the QA shard plan.
 
 Reads the failure files named in ``probe/_SUCCESS.json`` (never a glob, so a stale file from an
-earlier attempt cannot mix in), keeps a seeded reservoir per ``failure_key``, and writes
-``sample/failures.jsonl`` (or ``failures.json``, one array, with ``error_output_format=json``)
-and ``sample/shards.json``. With ``embed_images`` each record carries its image as base64;
-otherwise only its reference. Records whose image cannot be embedded go to
-``errors/sample.jsonl`` with the reason. Failures over a key's cap are counted, not kept.
+earlier attempt cannot mix in) in two streaming passes:
 
-Memory holds at most ``samples_per_key`` records per key. Safe to rerun: outputs are replaced.
+1. every line is parsed once for its ``failure_key`` and identity; per key the
+   ``samples_per_key`` failures with the smallest seeded hash are kept as candidates — hash and
+   byte offset only (:mod:`vlmprobe.sample.select`). A line that is not a JSON object with a
+   ``failure_key`` becomes an error row naming its file and line.
+2. the chosen records are read back by offset and written in a fixed order (keys sorted, then
+   by hash) without the ``rank`` field, so the same input set and seed give a byte-identical
+   ``sample/failures.jsonl`` (``failures.json``, one array, with ``error_output_format=json``)
+   whatever the file order, rank count or completion order of step 1.
+
+More unreadable records than ``max_error_rate`` of the input fail the step (``ValueError``,
+naming the first) after their error rows are written, before any sample or plan is.
+Optional ``max_per_category`` caps a category (balanced across its keys) and ``min_per_key``
+drops keys with fewer distinct failures; both are counted and listed in ``shards.json``.
+Duplicates (same image, same key) are kept once and counted. With ``embed_images`` each record
+carries its image as base64, read and encoded in a thread pool; a record whose image cannot be
+read goes to ``errors/sample.jsonl``. Every input record is counted in exactly one of sampled,
+errors, over_cap, duplicates, below_min_per_key, over_category_cap.
+
+``sample/shards.json`` plans the QA shards: contiguous, balanced by estimated request tokens,
+each with its byte range so a shard reads only its own records
+(:func:`vlmprobe.sample.shards.iter_shard_records`).
+
+Memory is flat in the number of failures: a candidate costs 24 bytes (keys × samples_per_key of
+them), a chosen record ~19 bytes of arrays in pass 2, images are embedded a chunk at a time. Object-store inputs are copied to a local spool
+(``TMPDIR``) in pass 2, one sequential read per file. Safe to rerun: it first invalidates the
+sample, the QA outputs and the manifest (:meth:`vlmprobe.io.layout.RunLayout.invalidate`).
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import json
 import logging
-import random
-from collections import defaultdict
+import os
+import re
+import tempfile
+from array import array
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 from vlmprobe.config import SampleConfig
-from vlmprobe.io import JsonlWriter, RunLayout, exists, iter_jsonl, read_json, write_json
-from vlmprobe.io.fs import remove_file
-from vlmprobe.records import error_record
+from vlmprobe.io import JsonlWriter, RunLayout, exists, read_json, write_json
+from vlmprobe.io.fs import atomic_write, is_local, open_input_stream, resolve
+from vlmprobe.io.jsonl import iter_lines
+from vlmprobe.records import error_record, key_category
 from vlmprobe.rundate import derive_seed
+from vlmprobe.sample.embed import embed_records, record_line
+from vlmprobe.sample.select import MAX_LINE, KeySampler, identity_hash, line_hash
+from vlmprobe.sample.shards import estimate_request_tokens, plan_shards
 
 log = logging.getLogger("vlmprobe.sample")
-EMBED_CHUNK = 512  # records whose images are read and written together
+EMBED_THREADS = 8
+DROPPED_FIELDS = ("rank",)  # where a failure was computed is not part of it
 
 
-class Reservoir:
-    """Uniform sample of at most ``k`` items from a stream (Algorithm R), seeded."""
-
-    def __init__(self, k: int, seed: int) -> None:
-        self.k, self.seen, self.items = k, 0, []
-        self._rng = random.Random(seed)
-
-    def add(self, item: Any) -> None:
-        self.seen += 1
-        if len(self.items) < self.k:
-            self.items.append(item)
-            return
-        j = self._rng.randrange(self.seen)
-        if j < self.k:
-            self.items[j] = item
+def _parse_failure(line: bytes) -> tuple[dict[str, Any] | None, str]:
+    """(record, "") or (None, why it cannot be sampled)."""
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, f"not JSON ({e})"
+    if not isinstance(rec, dict):
+        return None, f"a JSON {type(rec).__name__}, not an object"
+    key = rec.get("failure_key")
+    if not isinstance(key, str) or ":" not in key:
+        return None, f"without a failure_key of the form category:value (got {key!r})"
+    return rec, ""
 
 
-def plan_shards(total: int, num_shards: int) -> list[dict[str, int]]:
-    """Contiguous, near-equal slices ``[start, stop)``; never an empty shard."""
-    n = min(num_shards, total)
-    base, extra = divmod(total, n) if n else (0, 0)
-    shards, start = [], 0
-    for i in range(n):
-        size = base + (1 if i < extra else 0)
-        shards.append({"shard_index": i, "start": start, "stop": start + size, "count": size})
-        start += size
-    return shards
+class _ChosenLines:
+    """The chosen records' lines, read in output order: straight from local files, else via a spool.
 
-
-def _embed(records: list[dict[str, Any]], errors: JsonlWriter, run_date: str) -> list[dict[str, Any]]:
-    """Copies of ``records`` with base64 image bytes, reading each file's rows once.
-
-    A record whose image cannot be read goes to ``errors`` with the reason instead.
+    ``file``, ``offset`` and ``length`` are parallel arrays, one entry per chosen record.
     """
-    from vlmprobe.io.parquet import cell_image_bytes, read_cells
 
-    def fail(r: dict[str, Any], detail: str) -> None:
-        errors.write(error_record("sample", "image_unreadable", detail, id=r["id"], image=r["image"],
-                                  failure_key=r["failure_key"], run_date=run_date))
+    def __init__(self, files: list[str], file: array, offset: array, length: array) -> None:
+        self.files, self.file, self.offset, self.length = files, file, offset, length
+        self._stack = contextlib.ExitStack()
+        self._handles: dict[int, Any] = {}
+        self._spool_file: Any = None
+        if not all(is_local(u) for u in files):
+            self._spool()
 
-    by_file: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        by_file[r["image"]["uri"]].append(r)
-    embedded: dict[int, dict[str, Any]] = {}
-    for uri, recs in by_file.items():
-        try:
-            cells = read_cells(uri, [r["image"]["row"] for r in recs], ["image"])
-        except Exception as e:  # the whole file is unreadable now: each record gets the reason
-            for r in recs:
-                fail(r, f"{uri}: {e}")
-            continue
-        for r in recs:
-            try:
-                data = cell_image_bytes(cells, r["image"]["row"], uri)
-            except (ValueError, OSError) as e:
-                fail(r, str(e))
-                continue
-            embedded[id(r)] = {**r, "image_b64": base64.b64encode(data).decode("ascii")}
-    return [embedded[id(r)] for r in records if id(r) in embedded]
+    def _spool(self) -> None:
+        """Copy the chosen lines to one local file, each source read once, front to back."""
+        spool = self._stack.enter_context(tempfile.TemporaryFile(prefix="vlmprobe-sample-"))
+        order = sorted(range(len(self.file)), key=lambda i: (self.file[i], self.offset[i]))
+        moved = array("Q", bytes(8 * len(order)))
+        pos, i = 0, 0
+        while i < len(order):
+            file_index = self.file[order[i]]
+            with open_input_stream(self.files[file_index]) as src:
+                at = 0
+                while i < len(order) and self.file[order[i]] == file_index:
+                    j = order[i]
+                    while at < self.offset[j]:  # skip the lines nobody chose, a bounded read at a time
+                        skipped = len(src.read(min(self.offset[j] - at, 8 << 20)))
+                        if not skipped:
+                            raise ValueError(f"{self.files[file_index]} ended before byte {self.offset[j]}")
+                        at += skipped
+                    data = src.read(self.length[j])
+                    at += len(data)
+                    spool.write(data)
+                    moved[j] = pos
+                    pos += len(data)
+                    i += 1
+        spool.flush()
+        self.offset = moved
+        self.file = array("H", bytes(2 * len(order)))  # every record is in "file" 0: the spool
+        self._spool_file = spool
+
+    def _fd(self, file_index: int) -> int:
+        if file_index not in self._handles:
+            f = self._spool_file
+            if f is None:
+                _, path = resolve(self.files[file_index])
+                f = self._stack.enter_context(open(path, "rb", buffering=0))
+            self._handles[file_index] = f.fileno()
+        return self._handles[file_index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        # one pread per record (not mmap: touched pages of a mapped file would count as our memory)
+        file, offset, length = self.file, self.offset, self.length
+        fd, current = -1, None
+        for i in range(len(file)):
+            if file[i] != current:
+                current = file[i]
+                fd = self._fd(current)
+            yield os.pread(fd, length[i], offset[i])
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class _FailuresWriter:
+    """Writes the sampled failures as JSONL or one JSON array, keeping each record's byte range."""
+
+    def __init__(self, uri: str, json_array: bool) -> None:
+        self.uri, self.json_array = uri, json_array
+        self.starts, self.stops = array("Q"), array("Q")  # each record's bytes in the file
+        self._cm = atomic_write(uri, "wb")
+        self._pos = 0
+
+    def __enter__(self) -> _FailuresWriter:
+        self._f = self._cm.__enter__()
+        self._buf = bytearray()
+        if self.json_array:
+            self._put(b"[")
+        return self
+
+    def _put(self, data: bytes) -> None:
+        self._buf += data
+        self._pos += len(data)
+        if len(self._buf) >= 1 << 20:
+            self._f.write(self._buf)
+            self._buf.clear()
+
+    def write(self, line: bytes | tuple[bytes, ...]) -> None:
+        """One record: a line, or the parts of one (large parts go straight to the file, unbuffered)."""
+        buf = self._buf
+        if self.json_array:
+            buf += b",\n" if self.starts else b"\n"
+            self._pos += 2 if self.starts else 1
+        self.starts.append(self._pos)
+        if isinstance(line, bytes):
+            buf += line
+            self._pos += len(line)
+        else:
+            for part in line:
+                if len(part) >= 1 << 16:
+                    self._f.write(buf)
+                    buf.clear()
+                    self._f.write(part)
+                else:
+                    buf += part
+                self._pos += len(part)
+        self.stops.append(self._pos)
+        if not self.json_array:
+            buf += b"\n"
+            self._pos += 1
+        if len(buf) >= 1 << 20:
+            self._f.write(buf)
+            buf.clear()
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
+
+    def __exit__(self, *exc: Any) -> bool:
+        if exc[0] is None:
+            if self.json_array:
+                self._put(b"\n]\n")
+            self._f.write(self._buf)
+        return bool(self._cm.__exit__(*exc))
 
 
 def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
-    """Run step 2; returns the shard plan, as written to ``sample/shards.json`` less ``per_key``."""
+    """Run step 2; returns the shard plan, as written to ``sample/shards.json`` less its per-key tables."""
     layout = RunLayout(cfg.output_uri, cfg.run_date)
     if not exists(layout.probe_success):
         raise FileNotFoundError(
             f"{layout.probe_success} is missing: step 1 (probe) has not finished for run date "
             f"{cfg.run_date}; run or rerun probe first")
     success = read_json(layout.probe_success)
+    files: list[str] = list(success["failure_files"])
+    removed = layout.invalidate("sample")
+    if removed:
+        log.info("rerun: removed %d stale output(s) of sample_keys and later steps", len(removed))
 
-    reservoirs: dict[str, Reservoir] = {}
+    seed_key = derive_seed(cfg.seed, cfg.run_date, "sample").to_bytes(8, "big")
+    sampler = KeySampler(cfg.samples_per_key)
     seen = 0
-    for uri in success["failure_files"]:
-        for rec in iter_jsonl(uri):
-            seen += 1
-            key = rec["failure_key"]
-            if key not in reservoirs:
-                reservoirs[key] = Reservoir(cfg.samples_per_key, derive_seed(cfg.seed, cfg.run_date, key))
-            reservoirs[key].add(rec)
-    selected = [r for key in sorted(reservoirs) for r in sorted(reservoirs[key].items, key=lambda r: r["id"])]
-    over_cap = seen - len(selected)
+    first_bad = ""
+    error_reasons: Counter[str] = Counter()
+    with JsonlWriter(layout.sample_errors) as errors:
+        def error(reason: str, detail: str, **where: Any) -> None:
+            errors.write(error_record("sample", reason, detail, run_date=cfg.run_date, **where))
+            error_reasons[reason] += 1
 
-    other_format = "json" if cfg.error_output_format == "jsonl" else "jsonl"
-    remove_file(layout.sampled_failures(other_format))  # a rerun in the other format must not leave both
-    failures_uri = layout.sampled_failures(cfg.error_output_format)
-    with JsonlWriter(layout.sample_errors) as errors, \
-            JsonlWriter(failures_uri, json_array=cfg.error_output_format == "json") as out:
-        # Images are embedded a chunk at a time, so memory holds one chunk of pixels, not all.
-        for start in range(0, len(selected), EMBED_CHUNK):
-            chunk = selected[start:start + EMBED_CHUNK]
-            for r in _embed(chunk, errors, cfg.run_date) if cfg.embed_images else chunk:
-                out.write(r)
+        # pass 1: candidates per key, hash and location only
+        for file_index, uri in enumerate(files):
+            for lineno, (offset, line) in enumerate(iter_lines(uri), 1):
+                if not line.strip():
+                    continue
+                seen += 1
+                rec, why = _parse_failure(line)
+                if rec is None:
+                    error("bad_record", f"{uri} line {lineno} is {why}", file=uri, line=lineno)
+                    first_bad = first_bad or f"{uri} line {lineno} is {why}"
+                    continue
+                if len(line) >= MAX_LINE:
+                    error("bad_record", f"a {len(line)}-byte record; the limit is {MAX_LINE - 1}", file=uri,
+                          line=lineno, id=rec.get("id"), failure_key=rec["failure_key"])
+                    continue
+                key = rec["failure_key"]
+                sampler.add(key, identity_hash(seed_key, key, rec.get("image"), rec.get("id")), line_hash(line),
+                            file_index, offset, len(line), estimate_request_tokens(rec), _copy_mode(rec, line))
+        bad_records = errors.count
+        too_many = _too_many(bad_records, seen, cfg.max_error_rate)
+        if too_many:  # the error rows are written (the with block ends normally); nothing else is
+            log.error("%s", too_many)
+        selection = sampler.selection(cfg.min_per_key, cfg.max_per_category)
+        del sampler
+        per_key = _per_key_table(selection)
+        file, offset, length, tokens, mode = array("H"), array("Q"), array("I"), array("I"), array("B")
+        for _, c in selection.candidates():
+            file.append(c.file)
+            offset.append(c.offset)
+            length.append(c.length)
+            tokens.append(c.tokens)
+            mode.append(c.mode)
+        selection.kept.clear()  # from here on memory holds five flat arrays, one entry per chosen record
+
+        # pass 2: the chosen records, read back by offset, in output order
+        failures_uri = layout.sampled_failures(cfg.error_output_format)
+        if not too_many:
+            out, weights = _write_sample(cfg, files, (file, offset, length, tokens, mode), failures_uri, error)
+    if too_many:
+        raise ValueError(f"sample_keys: {too_many}; the first: {first_bad}; all are in {layout.sample_errors}")
     sampled = out.count
-    shards = plan_shards(sampled, cfg.num_shards)
-    per_key = {key: {"seen": res.seen, "kept": len(res.items)} for key, res in sorted(reservoirs.items())}
+    shards = plan_shards(weights, out.starts, out.stops, cfg.num_shards)
+    per_category: dict[str, Counter[str]] = defaultdict(Counter)
+    for key, row in per_key.items():
+        per_category[key_category(key)].update(keys=1, failures=row["seen"], kept=row["kept"],
+                                               keys_kept=1 if row["kept"] else 0)
+    counts = {
+        "input_failures": seen,
+        "sampled": sampled,
+        "errors": errors.count,
+        "bad_records": bad_records,
+        "over_cap": sum(r["over_cap"] for r in per_key.values()),
+        "duplicates": sum(r["duplicates"] for r in per_key.values()),
+        "below_min_per_key": sum(r["below_min_per_key"] for r in per_key.values()),
+        "over_category_cap": sum(r["over_category_cap"] for r in per_key.values()),
+        "keys": len(per_key),
+        "keys_sampled": sum(1 for r in per_key.values() if r["kept"]),
+    }
+    accounted = sum(counts[k] for k in ("sampled", "errors", "over_cap", "duplicates", "below_min_per_key",
+                                        "over_category_cap"))
+    if accounted != seen:
+        raise RuntimeError(f"sample_keys lost records: {seen} read, {accounted} accounted for: {counts}")
     plan = {
         "run_date": cfg.run_date,
         "failures_uri": failures_uri,
@@ -131,21 +293,102 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         "total": sampled,
         "num_shards": len(shards),
         "shards": shards,
-        "counts": {
-            "input_failures": seen,
-            "sampled": sampled,
-            "over_cap": over_cap,
-            "errors": errors.count,
-            "keys": len(reservoirs),
-        },
+        "counts": counts,
+        "error_reasons": dict(error_reasons),
+        "keys_per_category": {c: dict(v) for c, v in sorted(per_category.items())},
+        "keys_below_min_per_key": {k: r["seen"] for k, r in per_key.items() if r["below_min_per_key"]},
         "per_key": per_key,
         "samples_per_key": cfg.samples_per_key,
+        "min_per_key": cfg.min_per_key,
+        "max_per_category": cfg.max_per_category,
         "seed": cfg.seed,
     }
-    if seen != sampled + over_cap + errors.count:
-        raise RuntimeError(f"sample_keys lost records: {plan['counts']}")
     write_json(layout.shard_plan, plan)
-    log.info("sampled %d of %d failures over %d keys into %d shard(s); %d error(s)",
-             sampled, seen, len(reservoirs), len(shards), errors.count)
-    # The plan minus the per-key table: small enough for XCom at the 256-shard bound.
-    return {"shard_plan_uri": layout.shard_plan, **{k: v for k, v in plan.items() if k != "per_key"}}
+    log.info("sampled %d of %d failures over %d key(s) into %d shard(s); %d duplicate(s), %d error(s)",
+             sampled, seen, counts["keys"], len(shards), counts["duplicates"], counts["errors"])
+    # The plan minus the per-key tables: small enough for XCom at the 256-shard bound.
+    small = {k: v for k, v in plan.items() if k not in ("per_key", "keys_below_min_per_key")}
+    return {"shard_plan_uri": layout.shard_plan, **small}
+
+
+def _write_sample(cfg: SampleConfig, files: list[str], chosen_arrays: tuple[array, ...], failures_uri: str,
+                  error: Any) -> tuple[_FailuresWriter, array]:
+    """Pass 2: the chosen records, read back by offset and written in output order.
+
+    Returns the writer (its byte ranges) and each written record's estimated tokens.
+    """
+    file, offset, length, tokens, mode = chosen_arrays
+    chosen = _ChosenLines(files, file, offset, length)
+    try:
+        lines = (_output_line(line, m) for line, m in zip(chosen, mode))
+        with _FailuresWriter(failures_uri, cfg.error_output_format == "json") as out:
+            if not cfg.embed_images:
+                for line in lines:
+                    out.write(line)
+                return out, tokens
+            weights = array("I")
+            records = (json.loads(line) for line in lines)
+            for i, (rec, line) in enumerate(embed_records(records, threads=EMBED_THREADS)):
+                if isinstance(line, Exception):
+                    error("image_unreadable", str(line), id=rec.get("id"), image=rec.get("image"),
+                          failure_key=rec.get("failure_key"))
+                    continue
+                out.write(line)
+                weights.append(tokens[i])
+            return out, weights
+    finally:
+        chosen.close()
+
+
+def _too_many(errors: int, seen: int, max_error_rate: float) -> str:
+    """Why the step fails for its unreadable input records (more than ``max_error_rate``), or "".
+
+    Only records that cannot be read at all count here (a damaged probe output); images that
+    cannot be embedded are error rows that publish weighs with the run's other errors.
+    """
+    if seen and errors / seen > max_error_rate:
+        return (f"{errors} of {seen} failure records ({errors / seen:.1%}) could not be sampled, more than "
+                f"max_error_rate {max_error_rate:.0%}")
+    return ""
+
+
+# How pass 2 turns an input line into the sampled record's line without parsing it again: the
+# record minus ``rank`` (where a failure was computed is not part of it). Decided per record from
+# its own content in pass 1, so the output is the same whatever the order of the input.
+COPY, CUT_RANK, REENCODE = 0, 1, 2
+_RANK = b'"rank"'
+_RANK_FIELD = re.compile(rb', "rank": -?\d+')
+
+
+def _copy_mode(rec: dict[str, Any], line: bytes) -> int:
+    if line.endswith(b"\r"):
+        return REENCODE
+    at = line.find(_RANK)
+    if at < 0:
+        return COPY  # no rank anywhere: the line is the record
+    rank = rec.get("rank")
+    if (type(rank) is int and line.find(_RANK, at + 1) < 0 and line.startswith(b', "rank": %d' % rank, at - 2)
+            and not line[at + 9 + len(str(rank)):at + 10 + len(str(rank))].isdigit()):
+        return CUT_RANK  # exactly one "rank" in the line, and it is the top-level one
+    return REENCODE
+
+
+def _output_line(line: bytes, mode: int) -> bytes:
+    """The sampled record's line for an input line, as :func:`_copy_mode` decided."""
+    if mode == COPY:
+        return line
+    if mode == CUT_RANK:
+        return _RANK_FIELD.sub(b"", line, count=1)
+    rec = json.loads(line)
+    for name in DROPPED_FIELDS:
+        rec.pop(name, None)
+    return record_line(rec)
+
+
+def _per_key_table(selection: Any) -> dict[str, dict[str, int]]:
+    """Per failure key: records seen, kept, and how many were left out for which reason."""
+    return {key: {"seen": n, "kept": selection.count(key), "duplicates": selection.duplicates(key),
+                  "over_cap": selection.over_cap.get(key, 0),
+                  "over_category_cap": selection.over_category_cap.get(key, 0),
+                  "below_min_per_key": selection.below_min.get(key, 0)}
+            for key, n in sorted(selection.seen.items())}
