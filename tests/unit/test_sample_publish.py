@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from vlmprobe.config import PublishConfig, SampleConfig
+from vlmprobe.errors import InputError
 from vlmprobe.io import JsonlWriter, RunLayout, iter_json_records, iter_jsonl, list_files, read_json, write_json
 from vlmprobe.publish.run import publish
 from vlmprobe.sample.run import sample_keys
@@ -190,7 +191,7 @@ def test_more_bad_records_than_max_error_rate_fail_the_step_with_the_rows_kept(t
     lay = _write_probe(str(tmp_path), _probe_records({"count:circle": 3}), 2)
     with open(lay.probe_rank(1), "a") as f:
         f.write('{"id": "x", "failure_key": \n')
-    with pytest.raises(ValueError, match="rank-00001.jsonl line 2 is not JSON"):
+    with pytest.raises(InputError, match="rank-00001.jsonl line 2 is not JSON"):
         sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE))  # 1 of 4 > 10%
     assert [e["line"] for e in iter_jsonl(lay.sample_errors)] == [2]  # the error rows are there to read
     assert not (tmp_path / RUN_DATE / "sample" / "shards.json").exists()  # no plan: QA cannot start on it

@@ -45,6 +45,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vlmprobe.config import SampleConfig
+from vlmprobe.errors import InputError
 from vlmprobe.io import JsonlWriter, RunLayout, exists, read_json, write_json
 from vlmprobe.io.fs import atomic_write, is_local, open_input_stream, resolve
 from vlmprobe.io.jsonl import iter_lines
@@ -243,8 +244,8 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
                             file_index, offset, len(line), estimate_request_tokens(rec), _copy_mode(rec, line))
         bad_records = errors.count
         too_many = _too_many(bad_records, seen, cfg.max_error_rate)
-        if too_many:  # the error rows are written (the with block ends normally); nothing else is
-            log.error("%s", too_many)
+        # When too_many, the error rows are still written (the with block ends normally), then the
+        # step fails below with one message; nothing else is written.
         selection = sampler.selection(cfg.min_per_key, cfg.max_per_category)
         del sampler
         per_key = _per_key_table(selection)
@@ -262,7 +263,7 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         if not too_many:
             out, weights = _write_sample(cfg, files, (file, offset, length, tokens, mode), failures_uri, error)
     if too_many:
-        raise ValueError(f"sample_keys: {too_many}; the first: {first_bad}; all are in {layout.sample_errors}")
+        raise InputError(f"{too_many}; the first: {first_bad}; all are in {layout.sample_errors}")
     sampled = out.count
     shards = plan_shards(weights, out.starts, out.stops, cfg.num_shards)
     per_category: dict[str, Counter[str]] = defaultdict(Counter)
