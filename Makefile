@@ -42,8 +42,11 @@ test: $(STAMP) $(SCAN_STAMP)
 scan: $(STAMP) $(SCAN_STAMP)
 	VLMPROBE_SCAN_VENV=$(SCAN_VENV) $(BIN)/pytest tests/unit/test_policy_scan.py
 
+# The CPU benchmarks, each a ratio against a baseline run in the same process (minutes in all).
+# The GPU ones (bench/probe_gpu.sh, bench/target_load_memory.py) need CUDA.
+CPU_BENCHES := bench_dag_parse bench_target_batching bench_teacher probe_throughput sample_scale teacher_quota
 bench: $(STAMP)
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	for b in $(CPU_BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
 clean:
 	rm -rf demo-output .pytest_cache
