@@ -282,13 +282,13 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
     remove_tree(layout.qa_journal)
     log.info("published %s: %d QA items from %d failures", layout.manifest, qa_counts["items"], sc["sampled"])
     for step in ("probe", "qa"):
-        log.info("%s", teacher_line(step, manifest["teacher"][step]))
+        log.info("teacher %s", teacher_line(step, manifest["teacher"][step]))
     return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest["outputs"]["qa"]}
 
 
 def teacher_line(step: str, t: Mapping[str, Any]) -> str:
     """One line of a step's teacher figures, for logs and the demo."""
     cost = t.get("estimated_cost_usd")
-    return (f"teacher {step}: {t['requests']} requests, {t['retries']} retries, {t['rate_limited']} 429s; "
+    return (f"{step}: {t['requests']} requests, {t['retries']} retries, {t['rate_limited']} 429s; "
             f"tokens prompt {t['prompt_tokens']} (cached {t['cached_tokens']}), output {t['output_tokens']} "
             f"(thinking {t['thinking_tokens']}); est. " + (f"${cost:.4f}" if cost is not None else "cost unknown"))
