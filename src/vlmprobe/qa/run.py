@@ -177,6 +177,12 @@ class TargetCheck:
             self.busy_s += time.perf_counter() - started
             self.batches += 1
 
+    async def abandon(self) -> None:
+        """The step stops: queue nothing more, let the batch on the device end (it cannot be interrupted)."""
+        self._pending = []
+        await asyncio.gather(*self._running, return_exceptions=True)
+        self._running = []
+
     async def finish(self) -> None:
         if self._pending:
             self._start(self._pending)
@@ -226,8 +232,8 @@ def _tokens(usage: Any) -> dict[str, int]:
 class ShardQA:
     """Turns failures into QA items with the teacher; one failure never stops the others."""
 
-    def __init__(self, cfg: QAConfig, teacher: Any, fp: str) -> None:
-        self.cfg, self.teacher, self.fp = cfg, teacher, fp
+    def __init__(self, cfg: QAConfig, teacher: Any) -> None:
+        self.cfg, self.teacher = cfg, teacher
 
     def error(self, seq: int, rec: dict[str, Any], reason: str, detail: str, *, tokens: dict[str, int] | None = None,
               durable: bool = True, **where: Any) -> Outcome:
@@ -456,8 +462,9 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
 
         with Progress(total=shard["count"], desc=f"qa shard {index}", unit="failures", logger=log) as progress:
             async with make_teacher(cfg) as teacher:
-                work = ShardQA(cfg, teacher, fp)
+                work = ShardQA(cfg, teacher)
                 batches = _batches(_shard_records(plan, index), cfg.batch_size, want_image)
+                stopped = True  # until the loop ends normally
                 try:
                     while not crashed and (batch := await asyncio.to_thread(next, batches, None)) is not None:
                         for seq, rec, problem, image in batch:
@@ -487,10 +494,13 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
                             task.add_done_callback(finished)
                     if not crashed:
                         await asyncio.gather(*tasks, return_exceptions=True)
+                    stopped = bool(crashed)
                 finally:
                     for task in list(tasks):  # a stopping error: what is still in flight is abandoned
                         task.cancel()
                     await asyncio.gather(*tasks, return_exceptions=True)
+                    if check is not None and (stopped or crashed):
+                        await check.abandon()
                 if crashed:
                     raise crashed[0]
                 if check is not None:
