@@ -110,7 +110,8 @@ def check_mode(cfg: QAConfig) -> bool:
         raise UsageError(f"qa_target_check=on needs {' and '.join(missing)} in the QA image, which has "
                          "only the 'qa' extra: install vlmprobe[probe] there (the GPU worker image) or set "
                          "qa_target_check=off")
-    enabled = target_check_enabled(cfg.qa_target_check)
+    # auto: on with a CUDA GPU, and only where the target can be loaded at all
+    enabled = not (cfg.qa_target_check == "auto" and missing) and target_check_enabled(cfg.qa_target_check)
     if cfg.qa_keep == "target_failed" and not enabled:
         why = "is off" if cfg.qa_target_check == "off" else "found no CUDA GPU (qa_target_check=auto)"
         raise UsageError(f"qa_keep=target_failed keeps only the items the target got wrong, but the target "
