@@ -37,6 +37,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task, task_group
 
 from operators import DeploymentSettings, GpuPodOperator
 from vlmprobe.alerts import FailureWebhook, deadline_alert
+from vlmprobe.config import ProbeConfig, QAConfig
 from vlmprobe.lineage import QA_DATASET
 from vlmprobe.params import DEFAULTS_ENV, PARAM_SPECS, default_overrides
 from vlmprobe.preflight import preflight
@@ -58,11 +59,15 @@ def _params() -> dict[str, Param]:
     return {name: Param(**spec) for name, spec in specs.items()}
 
 
-def _cli_args(*names: str) -> list[str]:
-    """``--name value`` pairs for the ``vlmprobe`` CLI, the values rendered from params."""
+def _cli_args(step_config: type) -> list[str]:
+    """``--name value`` pairs for the ``vlmprobe`` CLI: every param the step's config takes, rendered.
+
+    Derived from the config, not listed by hand, so a param can never silently not apply to its pod.
+    """
     args = ["--run-date", RUN_DATE]
-    for name in names:
-        args += [f"--{name.replace('_', '-')}", f"{{{{ params.{name} }}}}"]
+    for name in step_config.model_fields:
+        if name in PARAM_SPECS:
+            args += [f"--{name.replace('_', '-')}", f"{{{{ params.{name} }}}}"]
     return args
 
 
@@ -96,9 +101,7 @@ def vlm_failure_pipeline():
         # `vlmprobe probe --nproc_per_node N` starts the torchrun ranks and exits with the failing
         # rank's own code (2 = bad input: not retried), where torchrun would exit 1.
         arguments=[
-            "probe", "--nproc_per_node={{ params.nproc_per_node }}",
-            *_cli_args("input_uri", "output_uri", "target_model", "gemini_model", "seed",
-                       "failure_batch_size", "parquet_sample_size", "concurrency", "request_delay"),
+            "probe", "--nproc_per_node={{ params.nproc_per_node }}", *_cli_args(ProbeConfig),
         ],
         execution_timeout=pendulum.duration(hours=12),
         preflight=preflight,  # cheap checks on the Airflow side before the pod (and its GPUs) exists
@@ -118,11 +121,7 @@ def vlm_failure_pipeline():
             step="qa",  # CPU and memory per pod (VLMPROBE_QA_CPU, VLMPROBE_QA_MEMORY)
             gpus=SETTINGS.qa_gpus,
             cmds=["vlmprobe"],
-            arguments=[
-                "qa", "--shard-index", shard_index,
-                *_cli_args("output_uri", "gemini_model", "concurrency", "batch_size", "request_delay",
-                           "no_async"),
-            ],
+            arguments=["qa", "--shard-index", shard_index, *_cli_args(QAConfig)],
             execution_timeout=pendulum.duration(hours=6),
         )
 

@@ -109,3 +109,5 @@ class QAConfig(StepConfig, TeacherSettings):
 
 class PublishConfig(StepConfig):
     gemini_model: str = param("gemini_model")
+    # publish fails the run when a step's teacher error rows exceed this fraction (phase 2, p2)
+    max_error_rate: float = param("max_error_rate")

@@ -31,13 +31,26 @@ QA_DATASET = Asset(name="vlmprobe_qa_dataset", uri="vlmprobe://vlm_failure_pipel
 
 
 def qa_event_extra(manifest: Mapping[str, Any], manifest_uri: str) -> dict[str, Any]:
-    """The Asset event's ``extra`` for a published run: where it is and the manifest's counts."""
+    """The Asset event's ``extra`` for a published run: where it is and the manifest's counts.
+
+    Besides the counts of each step: the probe's input accounting (rows read, rows lost, files
+    lost), the QA items the target failed (when the target check ran) and the teacher's run
+    totals (requests, retries, 429s, tokens, estimated cost).
+    """
+    qa = manifest["qa"]
+    check = qa.get("target_check") or {}
+    teacher = (manifest.get("teacher") or {}).get("run") or {}
     return {
         "run_date": manifest["run_date"],
         "manifest_uri": manifest_uri,
         "qa_uris": list(manifest["outputs"]["qa"]),
-        "qa_items": manifest["qa"]["counts"].get("items", 0),
+        "qa_items": qa["counts"].get("items", 0),
+        "qa_items_checked": check.get("items_checked"),
+        "qa_items_target_failed": check.get("items_target_failed"),
         "counts": {step: dict(manifest[step]["counts"]) for step in ("probe", "sample", "qa")},
+        "input": dict(manifest["probe"].get("input") or {}),
+        "teacher": {k: teacher[k] for k in ("requests", "retries", "rate_limited", "estimated_cost_usd")
+                    if k in teacher},
         "tokens": dict(manifest.get("tokens", {})),
         "estimated_cost_usd": manifest.get("estimated_cost_usd"),
         "models": dict(manifest.get("models", {})),

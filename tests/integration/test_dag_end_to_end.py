@@ -114,7 +114,8 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
 
     conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
             "nproc_per_node": 2, "failure_batch_size": 6, "parquet_sample_size": 4, "samples_per_key": 2,
-            "num_shards": 3, "concurrency": 4, "batch_size": 5, "error_output_format": "json"}
+            "num_shards": 3, "concurrency": 4, "batch_size": 5, "error_output_format": "json",
+            "qa_target_check": "on", "max_new_tokens": 4}
     with GeminiSimulator(port=0, latency_ms=5, rate_429=0.05, rate_503=0.05, rate_malformed=0.05, seed=11) as sim:
         env = {**airflow_env, "GEMINI_API_KEY": "e2e-secret-value-1234", "VLMPROBE_GEMINI_BASE_URL": sim.base_url}
         proc, logs = _dags_test(env, conf)
@@ -134,6 +135,19 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     items = [it for uri in m["outputs"]["qa"] for it in iter_jsonl(uri)]
     assert len(items) == qc["items"] > 0 and len(m["qa"]["shards"]) == 3
     assert m["tokens"]["prompt_tokens"] > 0 and m["estimated_cost_usd"] > 0
+    # the teacher per step, from the ranks' and shards' stats; the run's totals add them up
+    t = m["teacher"]
+    for step in ("probe", "qa"):
+        assert t[step]["requests"] >= t[step]["succeeded"] > 0 and t[step]["prompt_tokens"] > 0
+        assert {"retries", "rate_limited", "thinking_tokens", "cached_tokens", "estimated_cost_usd"} <= set(t[step])
+    assert t["run"]["requests"] == t["probe"]["requests"] + t["qa"]["requests"]
+    assert t["all_attempts"]["run"]["requests"] >= t["run"]["requests"]
+    assert m["probe"]["input"]["rows_read"] == 48 and m["probe"]["bound_by"]["bound"] in ("target", "input", "teacher")
+    # every QA item was put to the tiny target (qa_target_check=on), and the manifest says how many it failed
+    assert qc["items_checked"] == qc["items"] and m["qa"]["target_check"]["items_target_failed"] == sum(
+        1 for it in items if it["target_correct"] is False)
+    assert all(isinstance(it["target_answer"], str) for it in items)
+    assert m["checks"]["qa"]["teacher_error_rate"] <= m["checks"]["max_error_rate"]
     assert (tmp_path / RUN_DATE / "sample" / "failures.json").exists()
     assert not [p for p in (tmp_path / RUN_DATE).iterdir() if p.name.startswith("_preflight")]
 
@@ -141,3 +155,5 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     (event,) = [e for e in _asset_events(airflow_env) if e["name"] == "vlmprobe_qa_dataset"]
     assert event["extra"]["run_date"] == RUN_DATE and event["extra"]["qa_items"] == qc["items"]
     assert event["extra"]["counts"] == {"probe": pc, "sample": sc, "qa": qc}
+    assert event["extra"]["qa_items_target_failed"] == m["qa"]["target_check"]["items_target_failed"]
+    assert event["extra"]["teacher"]["requests"] == t["run"]["requests"]

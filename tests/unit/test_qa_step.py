@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from vlmprobe.config import QAConfig, SampleConfig
-from vlmprobe.io import JsonlWriter, iter_jsonl, list_files, read_json
+from vlmprobe.errors import InputError
+from vlmprobe.io import JsonlWriter, exists, iter_jsonl, list_files, read_json, write_json
 from vlmprobe.qa.run import clean_items, run_shard
 from vlmprobe.sample.run import sample_keys
 from vlmprobe.teacher.schemas import QAPair
@@ -73,10 +76,12 @@ def test_retries_through_faults_and_gives_up_with_a_reason(tmp_path, demo_parque
     assert list(iter_jsonl(lay.qa_shard(0))) == []  # the rerun replaced the earlier items
 
 
-def test_unknown_shard_is_refused(tmp_path, demo_parquet, gemini_sim):
-    _setup(tmp_path, demo_parquet)
-    with pytest.raises(ValueError, match="shard 7 does not exist"):
+def test_unknown_shard_is_refused_and_removes_nothing(tmp_path, demo_parquet, gemini_sim):
+    lay = _setup(tmp_path, demo_parquet)
+    write_json(lay.manifest, {"earlier": "publish"})
+    with pytest.raises(InputError, match="shard 7 does not exist"):
         run_shard(QAConfig(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=7))
+    assert exists(lay.manifest)  # a typo'd shard index invalidates nothing
 
 
 def test_clean_items_keeps_consistent_pairs():
@@ -93,53 +98,121 @@ def test_clean_items_keeps_consistent_pairs():
     assert len(dropped) == 2
 
 
-def test_a_retried_shard_resumes_from_its_checkpoint(tmp_path, demo_parquet, monkeypatch):
+def _one_shard(tmp_path, demo_parquet):
+    lay = fake_probe(str(tmp_path), demo_parquet, {"color:red": 5, "count:3": 4})
+    sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE, num_shards=1))
+    return lay
+
+
+def _ok_bodies(log: list[dict]) -> list[str]:
+    return [e["sha256"] for e in log if e["status"] == 200 and e["outcome"] == "ok"]
+
+
+def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path, demo_parquet, monkeypatch):
     from vlmprobe.qa import run as qa_run
     from vlmprobe.sim.server import GeminiSimulator
 
-    lay = _setup(tmp_path, demo_parquet)
+    lay = _one_shard(tmp_path, demo_parquet)
     shard = read_json(lay.shard_plan)["shards"][0]
-    assert shard["count"] >= 3
-    cfg = dict(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, batch_size=1, concurrency=2)
+    assert shard["count"] == 9
+    cfg = dict(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, batch_size=2, concurrency=2)
     monkeypatch.setenv("GEMINI_API_KEY", "k")
-    real_batch = qa_run.ShardQA.batch
+    real_handle = qa_run.ShardQA.handle
     calls = {"n": 0}
 
-    async def crash_on_third_batch(self, records):
+    async def crash_on_the_fifth_failure(self, seq, rec, image):
         calls["n"] += 1
-        if calls["n"] == 3:
+        if calls["n"] == 5:
             raise RuntimeError("pod evicted")
-        return await real_batch(self, records)
+        return await real_handle(self, seq, rec, image)
 
     with GeminiSimulator(port=0, seed=2) as sim:
         monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
-        monkeypatch.setattr(qa_run.ShardQA, "batch", crash_on_third_batch)
+        monkeypatch.setattr(qa_run.ShardQA, "handle", crash_on_the_fifth_failure)
         with pytest.raises(RuntimeError, match="pod evicted"):
             run_shard(QAConfig(**cfg))
-        assert not (tmp_path / RUN_DATE / "qa" / "shard-00000.jsonl").exists()
-        first = sim.stats()["requests"]
-        monkeypatch.setattr(qa_run.ShardQA, "batch", real_batch)
+        assert not exists(lay.qa_shard(0)) and not exists(lay.qa_stats(0))  # nothing half-written
+        first = sim.request_log()
+        monkeypatch.setattr(qa_run.ShardQA, "handle", real_handle)
         resumed = run_shard(QAConfig(**cfg))
-        second = sim.stats()["requests"] - first
+        second = sim.request_log()[len(first):]
     c = resumed["counts"]
-    assert c["resumed"] == 2  # the two batches finished before the crash were not asked again
+    assert 2 <= c["resumed"] <= 4  # what finished before the crash was not asked again...
+    again = set(_ok_bodies(first)) & {e["sha256"] for e in second}
+    assert len(again) <= 2  # ...beyond the requests in flight at the crash (concurrency 2)
+    assert len(second) == shard["count"] - c["resumed"]  # one request per failure left (no faults here)
     assert c["failures"] == shard["count"] == c["failures_with_items"] + c["errors"]
     items = list(iter_jsonl(lay.qa_shard(0)))
     assert len(items) == c["items"] and len({i["id"] for i in items}) == len(items)  # nothing twice
-    assert not (tmp_path / RUN_DATE / "qa" / "_checkpoint-00000").exists()
+    assert not (tmp_path / RUN_DATE / "qa" / "_journal" / "shard-00000").exists()  # cleared once complete
 
-    # a checkpoint left by other settings is another job: discarded, not mixed in
-    calls["n"] = 0
-    monkeypatch.setattr(qa_run.ShardQA, "batch", crash_on_third_batch)
-    with GeminiSimulator(port=0, seed=2) as sim, pytest.raises(RuntimeError, match="pod evicted"):
-        monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
-        run_shard(QAConfig(**cfg))
-    monkeypatch.setattr(qa_run.ShardQA, "batch", real_batch)
-    assert (tmp_path / RUN_DATE / "qa" / "_checkpoint-00000" / "batch-00001.jsonl").exists()
+
+def test_a_journal_made_for_other_settings_is_discarded(tmp_path, demo_parquet, monkeypatch, caplog):
+    from vlmprobe.qa import run as qa_run
+    from vlmprobe.sim.server import GeminiSimulator
+
+    lay = _one_shard(tmp_path, demo_parquet)
+    count = read_json(lay.shard_plan)["shards"][0]["count"]
+    cfg = dict(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, batch_size=1, concurrency=1)
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    real_handle = qa_run.ShardQA.handle
+    calls = {"n": 0}
+
+    async def crash_on_the_fourth_failure(self, seq, rec, image):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("pod evicted")
+        return await real_handle(self, seq, rec, image)
+
     with GeminiSimulator(port=0, seed=2) as sim:
         monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
-        fresh = run_shard(QAConfig(**{**cfg, "batch_size": 3}))
-        everything = sim.stats()["requests"]
-    assert fresh["counts"]["resumed"] == 0
-    assert first + second == everything and 0 < second < everything  # the retry asked only for the rest
-    assert fresh["counts"]["items"] == c["items"]
+        monkeypatch.setattr(qa_run.ShardQA, "handle", crash_on_the_fourth_failure)
+        with pytest.raises(RuntimeError, match="pod evicted"):
+            run_shard(QAConfig(**cfg))
+        monkeypatch.setattr(qa_run.ShardQA, "handle", real_handle)
+        before = sim.stats()["requests"]
+        fresh = run_shard(QAConfig(**{**cfg, "max_items": 2}))  # other items per failure: another job
+        asked = sim.stats()["requests"] - before
+    assert "discarding the resume journal of shard 0" in caplog.text
+    assert fresh["counts"]["resumed"] == 0 and asked == count
+
+
+def test_budget_rows_are_asked_again_by_a_rerun_with_more_budget(tmp_path, demo_parquet, monkeypatch):
+    from vlmprobe.sim.server import GeminiSimulator
+
+    lay = _one_shard(tmp_path, demo_parquet)
+    count = read_json(lay.shard_plan)["shards"][0]["count"]
+    cfg = dict(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, concurrency=1, no_async=True)
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    with GeminiSimulator(port=0, seed=3) as sim:
+        monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
+        capped = run_shard(QAConfig(max_cost_usd=1e-9, **cfg))  # the first answer spends the budget
+        reasons = [e["reason"] for e in iter_jsonl(lay.qa_errors(0))]
+        assert reasons == ["teacher_budget_reached"] * (count - 1) and len(sim.request_log()) == 1
+        assert capped["counts"]["failures_with_items"] == 1
+        assert (tmp_path / RUN_DATE / "qa" / "_journal" / "shard-00000").exists()  # kept for the rerun
+        done = run_shard(QAConfig(max_cost_usd=10.0, **cfg))
+        log = sim.request_log()
+    assert len(log) == count and len(set(_ok_bodies(log))) == count  # the budget rows only, each once
+    assert done["counts"]["resumed"] == 1 and done["counts"]["failures_with_items"] == count
+    assert not (tmp_path / RUN_DATE / "qa" / "_journal" / "shard-00000").exists()
+
+
+def test_records_qa_cannot_use_are_error_rows_naming_file_and_record(tmp_path, demo_parquet, gemini_sim):
+    lay = _setup(tmp_path, demo_parquet)
+    plan = read_json(lay.shard_plan)
+    # a hand-made plan over a failures file with a record that has no failure_key
+    good = next(iter_jsonl(lay.sampled_failures()))
+    records = [good, {k: v for k, v in good.items() if k != "failure_key"}, {**good, "id": "other"}]
+    path = tmp_path / "hand" / "failures.jsonl"
+    path.parent.mkdir()
+    lines = [json.dumps(r).encode() + b"\n" for r in records]
+    path.write_bytes(b"".join(lines))
+    plan.update(failures_uri=str(path), num_shards=1, shards=[{
+        "shard_index": 0, "start": 0, "stop": 3, "count": 3, "byte_start": 0, "byte_stop": len(b"".join(lines))}])
+    write_json(lay.shard_plan, plan)
+    out = run_shard(QAConfig(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, concurrency=2))
+    (err,) = list(iter_jsonl(lay.qa_errors(0)))
+    assert err["reason"] == "bad_record" and err["file"] == str(path)
+    assert f"{path}, record 2: no 'failure_key'" in err["detail"]
+    assert out["counts"]["failures"] == 3 == out["counts"]["failures_with_items"] + out["counts"]["errors"]

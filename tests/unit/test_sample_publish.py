@@ -251,7 +251,9 @@ def _fake_qa(lay: RunLayout, plan: dict) -> None:
         write_json(lay.qa_stats(s["shard_index"]), {
             "counts": {"failures": s["count"], "failures_with_items": s["count"], "errors": 0,
                        "items": s["count"] * 2, "items_dropped": 0},
-            "tokens": {"prompt_tokens": 10, "output_tokens": 5}, "error_reasons": {}, "elapsed_s": 0.1})
+            "tokens": {"prompt_tokens": 10, "output_tokens": 5}, "error_reasons": {}, "elapsed_s": 0.1,
+            "teacher": {"requests": s["count"], "retries": 0, "rate_limited": 0, "prompt_tokens": 10,
+                        "output_tokens": 5, "thinking_tokens": 2, "cached_tokens": 0}})
 
 
 def test_a_sample_rerun_leaves_no_stale_qa_shard_or_manifest(tmp_path, demo_parquet):
@@ -278,8 +280,10 @@ def test_publish_writes_manifest_that_adds_up(tmp_path, demo_parquet):
     out = publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE))
     m = read_json(lay.manifest)
     assert out["qa_items"] == m["qa"]["counts"]["items"] == 14
-    assert m["tokens"] == {"prompt_tokens": 1020, "output_tokens": 110}
-    assert m["estimated_cost_usd"] == pytest.approx((1020 * 0.30 + 110 * 2.50) / 1e6)
+    # the QA shards' teacher stats (the fake probe has none): two shards
+    assert m["tokens"] == {"prompt_tokens": 20, "output_tokens": 10, "thinking_tokens": 4, "cached_tokens": 0}
+    assert m["estimated_cost_usd"] == pytest.approx((20 * 0.30 + 10 * 2.50) / 1e6)
+    assert m["teacher"]["qa"]["requests"] == 7 and m["teacher"]["probe"]["requests"] == 0
     pc = m["probe"]["counts"]
     assert pc["rows"] == pc["passed"] + pc["verified"] + pc["rejected"] + pc["errors"]
 

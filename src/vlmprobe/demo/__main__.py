@@ -5,7 +5,9 @@
 3. runs ``airflow dags test vlm_failure_pipeline 2026-11-26T02:00:00+00:00`` on SQLite with
    ``VLMPROBE_POD_MODE=local`` — the night of 2026-11-26, whose run date is 2026-11-25 — so the
    probe pod's ranks (2 on the CPU) and each QA pod run as local processes;
-4. prints where the QA dataset and manifest are, its item count and three items.
+4. prints where the QA dataset and manifest are, its item count, one line per step of what the
+   teacher cost (requests, retries, 429s, tokens, estimated cost), how many QA items the target
+   failed (the QA shards put every item to the tiny LLaVA: ``qa_target_check=on``) and three items.
 
 Everything goes under ``demo-output/`` (git-ignored); rerunning replaces the run's outputs.
 """
@@ -36,6 +38,7 @@ def _run(cmd: list[str], env: dict[str, str], log_file: Path) -> None:
 
 def main() -> int:
     from vlmprobe.demo.data import build_tiny_llava, write_demo_parquet
+    from vlmprobe.publish.run import teacher_line
     from vlmprobe.sim.server import GeminiSimulator
 
     out = REPO / "demo-output"
@@ -59,6 +62,8 @@ def main() -> int:
         "num_shards": 2,
         "concurrency": 8,
         "batch_size": 16,
+        # each QA item is put to the target (on the CPU here; a QA pod with a GPU does it by default)
+        "qa_target_check": "on",
     }
     with GeminiSimulator(port=0, latency_ms=30, rate_429=0.05, rate_503=0.03, rate_malformed=0.03,
                          seed=7) as sim:
@@ -96,6 +101,12 @@ def main() -> int:
     print(f"counts:      probe {manifest['probe']['counts']}")
     print(f"             sample {manifest['sample']['counts']}")
     print(f"             qa {manifest['qa']['counts']}")
+    for step in ("probe", "qa"):
+        print(f"{'teacher:' if step == 'probe' else '':<13}{teacher_line(step, manifest['teacher'][step])}")
+    check = manifest["qa"].get("target_check")
+    if check:
+        print(f"target check: the target failed {check['items_target_failed']} of {check['items_checked']} QA items "
+              f"({check['target_failed_rate']:.0%}); those are the items that probe its failures best")
     print(f"simulator:   {json.dumps(sim_stats, sort_keys=True)[:300]}")
     print("three QA items:")
     for item in items[:3]:

@@ -99,6 +99,11 @@ class RunLayout:
         return join(self.root, "manifest.json")
 
     @property
+    def manifest_failed(self) -> str:
+        """The manifest of a run publish failed (too many teacher errors, budget reached): never manifest.json."""
+        return join(self.root, "manifest.failed.json")
+
+    @property
     def teacher_dir(self) -> str:
         return join(self.root, "_teacher")
 
@@ -116,7 +121,8 @@ class RunLayout:
         if step not in STEPS:
             raise ValueError(f"unknown step {step!r}; one of {STEPS}")
         # the manifest, and a killed publish's temporary manifest, are stale after any rerun
-        doomed: list[str] = [self.manifest] + [u for u in list_dir(self.root) if is_temp_name(basename(u))]
+        doomed: list[str] = [self.manifest, self.manifest_failed] + [u for u in list_dir(self.root)
+                                                                    if is_temp_name(basename(u))]
         if step == "qa" and shard_index is not None:
             mine = {basename(u) for u in (self.qa_shard(shard_index), self.qa_stats(shard_index),
                                           self.qa_errors(shard_index))}
