@@ -4,7 +4,7 @@ Design (issue 5, "never pay twice"):
 
 - **Where.** One journal folder per run date, ``probe/_journal/`` (:class:`vlmprobe.io.journal.Journal`).
   The probe's rerun invalidation keeps it; rank 0 clears it only after ``_SUCCESS.json`` is
-  written. Each rank appends to segments of its own (writer ``rank-NNNNN``, new segments per
+  written, and only when no row waits for a retry (see "Not done" below). Each rank appends to segments of its own (writer ``rank-NNNNN``, new segments per
   attempt), so ranks and retried pods never share a file.
 - **Keyed by the row, not the rank.** An entry names its input row by place — file URI and row
   number in the file — the same whatever rank read it. Ranks are assigned by the work plan, so a

@@ -23,7 +23,9 @@ Outputs (under ``{output_uri}/{run_date}/``): ``probe/rank-NNNNN.jsonl`` (verifi
 ``errors/probe-rank-NNNNN.jsonl`` (rows lost at reading, bad rows, target and teacher errors,
 rejected factors, each with its reason), and ``probe/_SUCCESS.json``, written by rank 0 once
 every rank is done: counts, input accounting (``input``: rows read, rows lost, files lost), what
-bound the step (``pipeline``), teacher totals, and each rank's stats. Then the journal is cleared.
+bound the step (``pipeline``), teacher totals, and each rank's stats. Then the journal is cleared,
+unless some rows ended as error rows a rerun should retry (``teacher_budget_reached``,
+``target_error``): then it stays, and a rerun probes only those rows.
 
 The step fails (exit 2, outputs kept for inspection, no ``_SUCCESS.json``) when it read no row
 or lost more than ``max_error_rate`` of its input rows; with exit 1 (worth a retry: the failed
@@ -52,7 +54,7 @@ from vlmprobe.io.parquet import REQUIRED_COLUMNS, InputCounts, ReadError, Row, W
 from vlmprobe.probe.pipeline import PipelineStats, run_pipeline, summarize
 from vlmprobe.probe.plan import WorkPlan, plan_work, sample_files
 from vlmprobe.probe.ranks import Ranks
-from vlmprobe.probe.resume import ProbeJournal, fingerprint_settings, keep_or_discard
+from vlmprobe.probe.resume import RETRIED_REASONS, ProbeJournal, fingerprint_settings, keep_or_discard
 from vlmprobe.progress import Progress
 from vlmprobe.records import error_record, failure_key, row_id
 from vlmprobe.teacher.factory import make_teacher
@@ -579,7 +581,12 @@ def _finish(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: list[
         "elapsed_s": round(time.monotonic() - t0, 3),
     }
     write_json(layout.probe_success, success)
-    ProbeJournal.clear_dir(layout.probe_journal)  # only now: the outputs are complete
+    retried = sum(reasons[r] for r in RETRIED_REASONS)
+    if retried:  # budget_reached / target_error rows: a rerun probes only them, paying nothing twice
+        log.warning("resume journal kept: %d row(s) ended as %s error rows; a rerun (e.g. with a larger "
+                    "max_cost_usd) probes only those", retried, " or ".join(RETRIED_REASONS))
+    else:
+        ProbeJournal.clear_dir(layout.probe_journal)  # only now: the outputs are complete for good
     log.info("probe done: %s; input %s; bound by %s", success["counts"], success["input"],
              success["pipeline"]["bound"])
     return {"success_uri": layout.probe_success, "counts": success["counts"], "input": success["input"]}
