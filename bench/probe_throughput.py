@@ -50,6 +50,9 @@ RUN_DATE = "2026-11-25"
 # CPU: the param's default batch (failure_batch_size=16); CUDA: the batch a GPU wants (README).
 CPU = {"rows": 2048, "batch": 16, "concurrency": 512, "per_image_rows": 12, "mc_rows": 256}
 CUDA = {"rows": 2048, "batch": 256, "concurrency": 512, "per_image_rows": 6, "mc_rows": 256}
+# The loop is measured, not a deployment's Gemini quota: the params' tier-1 defaults (1,000
+# requests/min) would cap the teacher at ~17 requests/s and make every run teacher-bound.
+NO_QUOTA = {"teacher_rpm": 0, "teacher_tpm": 0, "teacher_rpd": 0}
 
 
 def _serve(latency_ms: float, conn) -> None:
@@ -99,7 +102,7 @@ def probe_run(target, files: list[str], out: str, *, batch: int, concurrency: in
 
     cfg = ProbeConfig(input_uri=os.path.dirname(files[0]), output_uri=out, run_date=RUN_DATE,
                       target_model=target.name, failure_batch_size=batch, concurrency=concurrency,
-                      max_new_tokens=8)
+                      max_new_tokens=8, **NO_QUOTA)
     units = plan_work(files).units
     # every finished row goes to the resume journal as in the step (a local folder here)
     with ProbeJournal(f"{out}/_journal", 0, fingerprint_settings(cfg), units, prior=[]) as journal:
@@ -124,7 +127,7 @@ def per_image_run(target, files: list[str], out: str, rows: int) -> dict:
     from vlmprobe.teacher.factory import make_teacher
 
     cfg = ProbeConfig(input_uri=os.path.dirname(files[0]), output_uri=out, run_date=RUN_DATE,
-                      target_model=target.name, failure_batch_size=1, concurrency=1, max_new_tokens=8)
+                      target_model=target.name, failure_batch_size=1, concurrency=1, max_new_tokens=8, **NO_QUOTA)
 
     async def loop() -> int:
         done = 0
