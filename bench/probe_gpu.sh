@@ -4,7 +4,7 @@
 #      LLaVA-1.5-7B-shaped model with random bf16 weights (goals: >= 45 img/s, busy >= 0.9), the
 #      per-image loop, and the choice scorer against generate;
 #   2. pytest -m gpu tests/integration/test_gpu.py   the CUDA target, the scorer against generate on
-#      CUDA, NCCL probes (two ranks when there are two GPUs);
+#      CUDA, the probe on CUDA ranks (two when there are two GPUs);
 #   3. bench/target_load_memory.py   host memory of loading the 7B shape straight onto the GPU vs.
 #      via the CPU (what the probe pod's memory request follows from).
 # Each step has its own time limit; a failed step does not stop the next. Results go to $OUT (or

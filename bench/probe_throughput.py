@@ -11,7 +11,8 @@ Measured in this one process, against the Gemini simulator on loopback (in a chi
 that it takes no GIL from the probe):
 
 1. the project's probe loop (``RankProbe``: parquet reading, decoding and preprocessing in
-   worker threads, the target in its own thread, judging, teacher calls on the event loop) with
+   worker threads, the target in its own thread, judging, teacher calls on the event loop, each
+   finished row in the resume journal) with
    the teacher answering at once, then with 1-3 s latency per call (``latency_ms=2000``);
 2. a per-image loop on the first rows, with the same latency: read a row, decode it, one
    ``generate`` per image, judge it, and for a wrong answer await the two teacher calls before
@@ -49,6 +50,9 @@ RUN_DATE = "2026-11-25"
 # CPU: the param's default batch (failure_batch_size=16); CUDA: the batch a GPU wants (README).
 CPU = {"rows": 2048, "batch": 16, "concurrency": 512, "per_image_rows": 12, "mc_rows": 256}
 CUDA = {"rows": 2048, "batch": 256, "concurrency": 512, "per_image_rows": 6, "mc_rows": 256}
+# The loop is measured, not a deployment's Gemini quota: the params' tier-1 defaults (1,000
+# requests/min) would cap the teacher at ~17 requests/s and make every run teacher-bound.
+NO_QUOTA = {"teacher_rpm": 0, "teacher_tpm": 0, "teacher_rpd": 0}
 
 
 def _serve(latency_ms: float, conn) -> None:
@@ -92,39 +96,44 @@ def build_target(device: str, tmp: str):
 def probe_run(target, files: list[str], out: str, *, batch: int, concurrency: int) -> dict:
     """One rank of the project's probe loop over ``files``; its images/s and pipeline stats."""
     from vlmprobe.config import ProbeConfig
-    from vlmprobe.io import JsonlWriter
+    from vlmprobe.probe.plan import plan_work
+    from vlmprobe.probe.resume import ProbeJournal, fingerprint_settings
     from vlmprobe.probe.run import RankProbe
 
     cfg = ProbeConfig(input_uri=os.path.dirname(files[0]), output_uri=out, run_date=RUN_DATE,
                       target_model=target.name, failure_batch_size=batch, concurrency=concurrency,
-                      max_new_tokens=8)
-    with JsonlWriter(f"{out}/failures.jsonl") as failures, JsonlWriter(f"{out}/errors.jsonl") as errors:
-        probe = RankProbe(cfg, 0, target, failures, errors)
+                      max_new_tokens=8, **NO_QUOTA)
+    units = plan_work(files).units
+    # every finished row goes to the resume journal as in the step (a local folder here)
+    with ProbeJournal(f"{out}/_journal", 0, fingerprint_settings(cfg), units, prior=[]) as journal:
+        probe = RankProbe(cfg, 0, target, journal)
         started = time.perf_counter()
-        asyncio.run(probe.run(files))
+        asyncio.run(probe.run(units))
         wall = time.perf_counter() - started
     c = probe.counts
-    assert c["rows"] == c["passed"] + c["verified"] + c["rejected"] + c["errors"], dict(c)
-    return {"rows": c["rows"], "wall_s": round(wall, 2), "images_per_s": round(c["rows"] / wall, 2),
-            "wrong": c["wrong"], "errors": c["errors"], "pipeline": probe.pipeline_stats.as_dict()}
+    assert c["probed"] == c["passed"] + c["verified"] + c["rejected"] + c["error"], dict(c)
+    return {"rows": c["probed"], "wall_s": round(wall, 2), "images_per_s": round(c["probed"] / wall, 2),
+            "wrong": c["wrong"], "errors": c["error"], "pipeline": probe.pipeline_stats.as_dict()}
 
 
 def per_image_run(target, files: list[str], out: str, rows: int) -> dict:
     """The seed's loop on the first ``rows`` rows: one image per generate, teacher awaited inline."""
     from vlmprobe.config import ProbeConfig
-    from vlmprobe.io import JsonlWriter
     from vlmprobe.io.parquet import iter_rows
+    from vlmprobe.probe.plan import plan_work
+    from vlmprobe.probe.resume import ProbeJournal, fingerprint_settings
     from vlmprobe.probe.run import RankProbe, to_example
     from vlmprobe.target.answers import is_correct
     from vlmprobe.teacher.factory import make_teacher
 
     cfg = ProbeConfig(input_uri=os.path.dirname(files[0]), output_uri=out, run_date=RUN_DATE,
-                      target_model=target.name, failure_batch_size=1, concurrency=1, max_new_tokens=8)
+                      target_model=target.name, failure_batch_size=1, concurrency=1, max_new_tokens=8, **NO_QUOTA)
 
     async def loop() -> int:
         done = 0
-        with JsonlWriter(f"{out}/failures.jsonl") as failures, JsonlWriter(f"{out}/errors.jsonl") as errors:
-            probe = RankProbe(cfg, 0, target, failures, errors)
+        units = plan_work(files[:1]).units
+        with ProbeJournal(f"{out}/_journal", 0, fingerprint_settings(cfg), units, prior=[]) as journal:
+            probe = RankProbe(cfg, 0, target, journal)
             async with make_teacher(cfg) as teacher:
                 probe.teacher = teacher
                 for row in iter_rows(files[0]):

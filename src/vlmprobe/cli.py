@@ -202,6 +202,20 @@ def _rank_argv(argv: list[str]) -> list[str]:
     return out
 
 
+def _root_failure(e: Any) -> tuple[int, Any]:
+    """The rank whose failure ended the job, and its failure.
+
+    The first rank that exited with a code of its own; torchrun's "first failure" alone is not
+    enough: when two ranks fail at once (a dead teacher), the one still shutting down when the
+    other exits is terminated by torchrun (a negative code) although its error file is older.
+    Ranks killed by a signal count only when no rank exited on its own.
+    """
+    own = {r: f for r, f in e.failures.items() if f.exitcode > 0}
+    failures = own or e.failures
+    rank = min(failures, key=lambda r: (failures[r].timestamp, r))
+    return rank, failures[rank]
+
+
 def launch_ranks(nproc: int, rank_argv: list[str], debug: bool = False) -> int:
     """Run ``python -m vlmprobe.cli <rank_argv>`` as ``nproc`` torchrun ranks; their exit code.
 
@@ -220,7 +234,7 @@ def launch_ranks(nproc: int, rank_argv: list[str], debug: bool = False) -> int:
     try:
         run(args)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
+        rank, failure = _root_failure(e)
         code = failure.exitcode if failure.exitcode > 0 else 1
         message = failure.message if isinstance(failure.message, str) else json.dumps(failure.message)
         others = sorted(r for r in e.failures if r != rank)

@@ -68,7 +68,14 @@ class ProbeConfig(StepConfig, TeacherSettings):
     parquet_sample_size: int = param("parquet_sample_size")
     max_new_tokens: int = param("max_new_tokens")
     template_version: str = Field("v1", description="Probing-factor template set.")
-    pg_timeout_s: int = Field(1800, ge=30, le=86400, description="torch.distributed process-group timeout.")
+    max_error_rate: float = param("max_error_rate")
+    # Two timeouts (phase 2, p1): start-up collectives (the plan broadcast) fail fast; a rank that
+    # finished its rows waits for the slowest on a gloo group of its own, as long as the task may run.
+    pg_timeout_s: int = Field(1800, ge=1, le=86400, description="Timeout of the ranks' start-up collectives "
+                              "(the work plan broadcast): a rank that does not start fails the job after it.")
+    finish_timeout_s: int = Field(86400, ge=1, le=7 * 86400, description="How long a rank that finished its "
+                                  "rows waits for the slowest one; keep it at or above the probe task's "
+                                  "execution_timeout (12 h in the DAG).")
 
     @field_validator("input_uri")
     @classmethod

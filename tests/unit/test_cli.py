@@ -58,7 +58,8 @@ def test_missing_input_is_one_line_and_exit_2(tmp_path, capsys):
                            "--output-uri", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert " ERROR " in line and f"vlmprobe probe: error: FileNotFoundError: {tmp_path}/in/{RUN_DATE} does not exist" in line
+    assert " ERROR " in line and f"vlmprobe probe: error: input_uri {tmp_path}/in/{RUN_DATE} does not exist: check " \
+                                 "input_uri" in line
     assert proc.stdout == ""  # no stray `null`
     # a step whose prerequisite is missing: the same
     assert main(["sample-keys", "--run-date", RUN_DATE, "--output-uri", str(tmp_path)]) == 2

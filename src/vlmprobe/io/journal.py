@@ -167,6 +167,13 @@ class Journal:
         remove_tree(self.dir_uri)
 
 
+def read_segment(uri: str) -> Iterator[dict[str, Any]]:
+    """Records of one segment (a URI from :meth:`Journal.segments`), streamed; a torn last line is dropped.
+
+    For readers that pick segments themselves (e.g. only those of earlier attempts)."""
+    return _read_segment(uri)
+
+
 def _read_segment(uri: str) -> Iterator[dict[str, Any]]:
     """Records of one segment, streamed; a torn last line (a killed writer's) is dropped."""
     n = 0

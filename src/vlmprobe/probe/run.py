@@ -1,22 +1,37 @@
-"""Step 1 entrypoint, run by ``torchrun --no-python vlmprobe probe ...``.
+"""Step 1 entrypoint: ``vlmprobe probe --nproc-per-node N`` (or ``torchrun ... vlmprobe probe``).
 
-Each rank reads its contiguous share of the sampled parquet files in record batches, asks the
-target VLM the dataset's question about ``failure_batch_size`` images at a time, and for each
-wrong answer has the teacher complete a probing-factor template and then verify it against the
+Rank 0 lists and samples the parquet files, plans the work from their footers (row groups split
+across ranks by row count, :mod:`vlmprobe.probe.plan`), removes what a rerun makes stale
+(``RunLayout.invalidate("probe")``: earlier probe outputs, sample, QA shards, manifest — never
+the resume journal or ``_teacher/``) and broadcasts the plan; every rank uses that one plan
+(:mod:`vlmprobe.probe.ranks`). Each rank then reads its row groups a row group at a time, asks
+the target VLM the dataset's question about ``failure_batch_size`` images at a time, and for each
+wrong answer has the teacher complete a probing-factor template and verify it against the
 image. Rows are decoded and preprocessed ahead by worker threads, the target runs in its own
-thread, and teacher calls run concurrently (``concurrency`` per rank) on the event loop while the
-target works on the next batch (:mod:`vlmprobe.probe.pipeline`). Each rank's stats say how busy
-its device was and what held it back (``pipeline``: input, teacher, or the target itself).
+thread, teacher calls run concurrently on the event loop while the target works on the next
+batch (:mod:`vlmprobe.probe.pipeline`). One progress line per interval says rows done of the
+rank's total, the rate and the ETA.
+
+Every row read ends as exactly one of: passed, verified failure, rejected factor, error row;
+every row that could not be read is counted (from the footers) and reported as an error row for
+its file and row range (:mod:`vlmprobe.io.parquet`). Each row's outcome goes to the resume
+journal as it finishes (:mod:`vlmprobe.probe.resume`): a rerun after a kill skips finished rows
+before any target or teacher work, and the rank's output files are written from the journal at
+the end.
 
 Outputs (under ``{output_uri}/{run_date}/``): ``probe/rank-NNNNN.jsonl`` (verified failures),
-``errors/probe-rank-NNNNN.jsonl`` (unreadable rows, teacher errors, unverified factors, each
-with its reason), and ``probe/_SUCCESS.json`` written by rank 0 after all ranks finished, with
-the counts. Safe to rerun: rank 0 first removes the step's earlier outputs for the run date,
-and every file is written under a temporary name and renamed when complete.
+``errors/probe-rank-NNNNN.jsonl`` (rows lost at reading, bad rows, target and teacher errors,
+rejected factors, each with its reason), and ``probe/_SUCCESS.json``, written by rank 0 once
+every rank is done: counts, input accounting (``input``: rows read, rows lost, files lost), what
+bound the step (``pipeline``), teacher totals, and each rank's stats. Then the journal is cleared,
+unless some rows ended as error rows a rerun should retry (``teacher_budget_reached``,
+``target_error``): then it stays, and a rerun probes only those rows.
 
-Every row read ends as exactly one of: passed, verified failure, or error row. A file that
-cannot be read (not parquet, required columns missing) gets one ``unreadable_file`` error row
-and the rank goes on with the next file.
+The step fails (exit 2, outputs kept for inspection, no ``_SUCCESS.json``) when it read no row
+or lost more than ``max_error_rate`` of its input rows; with exit 1 (worth a retry: the failed
+rows are not recorded as done) when the target failed on more than ``max_error_rate`` of them.
+Teacher errors that stop the step (dead key, unknown model, daily quota, open circuit) end it at
+once with their own exit code.
 """
 
 from __future__ import annotations
@@ -32,14 +47,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from vlmprobe.config import ProbeConfig
-from vlmprobe.io import JsonlWriter, RunLayout, exists, list_files, remove_tree, write_json
-from vlmprobe.io.fs import remove_file
-from vlmprobe.io.parquet import REQUIRED_COLUMNS, Row, image_bytes, iter_rows
-from vlmprobe.probe.pipeline import PipelineStats, run_pipeline
-from vlmprobe.probe.plan import sample_files, split_for_rank
+from vlmprobe.errors import InputError, VlmprobeError
+from vlmprobe.io import JsonlWriter, RunLayout, write_json
+from vlmprobe.io.parquet import REQUIRED_COLUMNS, InputCounts, ReadError, Row, WorkUnit, image_bytes, iter_units
+from vlmprobe.probe.pipeline import PipelineStats, run_pipeline, summarize
+from vlmprobe.probe.plan import WorkPlan, plan_work, sample_files
+from vlmprobe.probe.ranks import Ranks
+from vlmprobe.probe.resume import RETRIED_REASONS, ProbeJournal, fingerprint_settings, keep_or_discard
+from vlmprobe.progress import Progress
 from vlmprobe.records import error_record, failure_key, row_id
 from vlmprobe.teacher.factory import make_teacher
 
@@ -48,6 +64,12 @@ log = logging.getLogger("vlmprobe.probe")
 _KNOWN_COLUMNS = {*REQUIRED_COLUMNS, "id", "choices"}
 PROGRESS_EVERY_S = 30.0  # one progress line per rank this often: pod logs stay readable
 PREFETCH_BATCHES = 4  # batches decoded and preprocessed ahead of the device
+# Counts of _SUCCESS.json; rows == passed + verified + rejected + errors (rows read), and the
+# error files hold errors + rejected + read_errors lines.
+COUNT_KEYS = ("rows", "passed", "wrong", "verified", "rejected", "errors", "read_errors", "resumed", "probed")
+# Teacher stats summed over ranks in _SUCCESS.json's "teacher".
+_TEACHER_SUMS = ("requests", "retries", "rate_limited", "succeeded", "failed", "prompt_tokens", "output_tokens",
+                 "thinking_tokens", "cached_tokens", "estimated_cost_usd", "paused_s")
 
 
 @dataclass
@@ -123,50 +145,86 @@ def default_prepare_workers() -> int:
 
 
 class RankProbe:
-    """One rank's work: reading, preprocessing and the target in threads, the teacher on the event loop."""
+    """One rank's work: reading, preprocessing and the target in threads, the teacher on the event loop.
 
-    def __init__(self, cfg: ProbeConfig, rank: int, target, failures: JsonlWriter, errors: JsonlWriter) -> None:
+    Every finished row goes to ``journal`` (:class:`~vlmprobe.probe.resume.ProbeJournal`) as it
+    finishes; ``done`` (rows finished by earlier attempts, by file) are skipped before decoding.
+    After :meth:`run`: ``input`` (rows read and lost), ``read_errors``, ``counts`` (this
+    attempt's work: ``probed`` rows sent to the target, ``skipped`` rows finished before, and the
+    outcomes of this attempt), ``pipeline_stats``.
+    """
+
+    def __init__(self, cfg: ProbeConfig, rank: int, target, journal: ProbeJournal,
+                 done: dict[str, set[int]] | None = None) -> None:
+        from vlmprobe.teacher.client import AUTO_CONCURRENCY_MAX
         from vlmprobe.teacher.templates import load_templates
 
-        self.cfg, self.rank, self.target = cfg, rank, target
+        self.cfg, self.rank, self.target, self.journal = cfg, rank, target, journal
+        self.concurrency = cfg.concurrency or AUTO_CONCURRENCY_MAX  # 0 = auto: the teacher's ceiling
+        self.done = done or {}
         self.teacher = None  # set by run(), inside the client's context
         self.templates = load_templates(cfg.template_version)
-        self.failures, self.errors = failures, errors
+        self.input = InputCounts()
+        self.read_errors: list[ReadError] = []
         self.counts: Counter[str] = Counter()
-        self.error_reasons: Counter[str] = Counter()
-        self.tokens: Counter[str] = Counter()
-        self._lock = threading.Lock()  # rows are read and errors written from worker threads too
+        self._lock = threading.Lock()  # rows are read and errors recorded from worker threads too
         self.prepare_workers = default_prepare_workers()
         self.pipeline_stats = PipelineStats()
+        self.progress: Progress | None = None
+        # At most this many rows between their first and last teacher call (see _explain)
+        self._explaining = asyncio.Semaphore(self.concurrency)
 
     # -- records -----------------------------------------------------------------------------
-    def _error(self, reason: str, detail: str, row: Row, record_id: str | None = None) -> None:
-        self.errors.write(error_record("probe", reason, detail, id=record_id, image=row.ref,
-                                       run_date=self.cfg.run_date, rank=self.rank))
+    def _finish(self, row: Row, outcome: str, record: dict[str, Any] | None = None,
+                usage: dict[str, int] | None = None) -> None:
+        """One row is done: into the journal at once, counted, shown in the progress line."""
+        self.journal.record(row, outcome, record, usage=usage)
         with self._lock:
-            self.error_reasons[reason] += 1
-            self.counts["errors"] += 1
+            self.counts[outcome] += 1
+        if self.progress is not None:
+            self.progress.update(1)
 
-    def _rows(self, files: list[str]) -> Iterator[Row]:
-        """Every row of ``files``; a file that cannot be read (any more) becomes one error row."""
-        for uri in files:
-            try:
-                yield from iter_rows(uri, batch_rows=max(self.cfg.failure_batch_size, 64))
-            except (ValueError, OSError, pa.ArrowException) as e:
-                # A file we cannot read (any more): one error row for it; the rows read so far stay.
-                log.error("skipping the rest of %s: %s", uri, e)
-                self.errors.write(error_record("probe", "unreadable_file", f"{type(e).__name__}: {e}",
-                                               file=uri, run_date=self.cfg.run_date, rank=self.rank))
-                with self._lock:
-                    self.counts["bad_files"] += 1
-                    self.error_reasons["unreadable_file"] += 1
+    def _error(self, reason: str, detail: str, row: Row, record_id: str | None = None,
+               usage: dict[str, int] | None = None) -> None:
+        self._finish(row, "error", error_record("probe", reason, detail, id=record_id, image=row.ref,
+                                                run_date=self.cfg.run_date, rank=self.rank), usage)
+
+    def _read_error(self, err: ReadError) -> None:
+        self.read_errors.append(err)
+        if err.file_lost:
+            log.error("cannot read %s: %s", err.uri, err.detail)
+        if self.progress is not None and err.num_rows:
+            self.progress.update(err.num_rows)
+
+    def _rows(self, units: list[WorkUnit]) -> Iterator[Row]:
+        """The rows of ``units`` still to probe: finished ones skipped, lost ones reported."""
+        todo = []
+        for u in units:
+            finished = self.done.get(u.uri)
+            if finished and all(r in finished for r in range(u.first_row, u.first_row + u.num_rows)):
+                # the whole row group was finished before: not even read again
+                self.input.rows_read += u.num_rows
+                self.input.row_groups += 1
+                self.counts["skipped"] += u.num_rows
+            else:
+                todo.append(u)
+        self.input.files += len({u.uri for u in units} - {u.uri for u in todo})
+        for item in iter_units(todo, batch_rows=max(self.cfg.failure_batch_size, 64), counts=self.input):
+            if isinstance(item, ReadError):
+                self._read_error(item)
+                continue
+            finished = self.done.get(item.uri)
+            if finished and item.row in finished:
+                self.counts["skipped"] += 1
+                continue
+            yield item
 
     def _batches(self, rows: Iterable[Row]) -> Iterator[list[Row]]:
         """``failure_batch_size`` rows at a time, counted as they are read (in the reader thread)."""
         batch: list[Row] = []
         for row in rows:
             with self._lock:
-                self.counts["rows"] += 1
+                self.counts["probed"] += 1
             batch.append(row)
             if len(batch) == self.cfg.failure_batch_size:
                 yield batch
@@ -198,7 +256,11 @@ class RankProbe:
         return work
 
     def _infer(self, work: _Work) -> list[str | None]:
-        """Device thread: predictions for a batch; if the batch fails, each example is retried alone."""
+        """Device thread: predictions for a batch; if the batch fails, each example is tried alone.
+
+        An example the target cannot answer alone (a batch of one included) becomes a
+        ``target_error`` row, never a crash of the rank.
+        """
         batch = work.examples
         if not batch:
             return []
@@ -208,47 +270,46 @@ class RankProbe:
                     return self.target.run(work.prepared)
                 return self.target.answer([e.image for e in batch], [e.question for e in batch],
                                           [e.choices for e in batch])
-            except Exception:
+            except Exception as err:
                 if len(batch) == 1:
-                    raise
-                log.exception("target failed on a batch of %d; retrying one at a time", len(batch))
+                    log.warning("target failed on %s: %s: %s", batch[0].id, type(err).__name__, err)
+                    self._error("target_error", f"{type(err).__name__}: {err}", batch[0].row, batch[0].id)
+                    return [None]
+                log.exception("target failed on a batch of %d; trying them one at a time", len(batch))
         preds: list[str | None] = []
         for e in batch:
             try:
                 preds.extend(self.target.answer([e.image], [e.question], [e.choices]))
             except Exception as err:  # one bad example must not stop the rank
+                log.warning("target failed on %s: %s: %s", e.id, type(err).__name__, err)
                 self._error("target_error", f"{type(err).__name__}: {err}", e.row, e.id)
                 preds.append(None)
         return preds
 
     # -- teacher -----------------------------------------------------------------------------
-    def _count_tokens(self, *usages) -> None:
-        for u in usages:
-            if u is not None:
-                self.tokens["prompt_tokens"] += u.prompt_tokens
-                self.tokens["output_tokens"] += u.output_tokens
-
     async def _explain(self, ex: Example, prediction: str) -> None:
-        from vlmprobe.teacher.client import TeacherError
+        from vlmprobe.teacher.client import TeacherError, Usage
         from vlmprobe.teacher.prompts import factor_prompt, verify_prompt
         from vlmprobe.teacher.schemas import FactorCompletion, Verification
 
         images = [(ex.image_bytes, ex.mime)]
         fc = None
-        try:
-            fc = await self.teacher.generate(
-                factor_prompt(self.templates, ex.question, ex.answer, prediction, ex.choices),
-                FactorCompletion, images=images, kind="factor")
-            factor: FactorCompletion = fc.parsed
-            vr = await self.teacher.generate(
-                verify_prompt(ex.question, ex.answer, prediction, factor.category, factor.completion),
-                Verification, images=images, kind="verify")
-        except TeacherError as e:
-            self._count_tokens(e.usage, fc.usage if fc else None)  # failed attempts are billed too
-            self._error(f"teacher_{e.reason}", str(e), ex.row, ex.id)
-            return
+        # At most `concurrency` rows between their first and last teacher call: a kill re-pays
+        # at most their factor answers (the resume bound, vlmprobe.probe.resume).
+        async with self._explaining:
+            try:
+                fc = await self.teacher.generate(
+                    factor_prompt(self.templates, ex.question, ex.answer, prediction, ex.choices),
+                    FactorCompletion, images=images, kind="factor")
+                factor: FactorCompletion = fc.parsed
+                vr = await self.teacher.generate(
+                    verify_prompt(ex.question, ex.answer, prediction, factor.category, factor.completion),
+                    Verification, images=images, kind="verify")
+            except TeacherError as e:
+                usage = e.usage + (fc.usage if fc else Usage())  # failed attempts are billed too
+                self._error(f"teacher_{e.reason}", str(e), ex.row, ex.id, usage.as_dict())
+                return
         usage = fc.usage + vr.usage
-        self._count_tokens(usage)
         verdict: Verification = vr.parsed
         record = {
             "id": ex.id,
@@ -266,40 +327,44 @@ class RankProbe:
                 "template_version": self.templates.version,
             },
             "verification": {"supported": verdict.supported, "rationale": verdict.rationale},
-            "failure_key": failure_key(factor.category, factor.value),
+            "failure_key": failure_key(factor.category, factor.value, self.templates.version),
             "target_model": self.cfg.target_model,
             "teacher_model": self.cfg.gemini_model,
             "run_date": self.cfg.run_date,
             "rank": self.rank,
             "meta": ex.meta,
-            "usage": {"prompt_tokens": usage.prompt_tokens, "output_tokens": usage.output_tokens},
+            "usage": usage.as_dict(),
         }
         if verdict.supported:
-            self.failures.write(record)
-            self.counts["verified"] += 1
+            self._finish(ex.row, "verified", record, usage.as_dict())
         else:
-            self.errors.write(error_record("probe", "factor_not_verified", verdict.rationale,
-                                           **{k: record[k] for k in ("id", "image", "failure_key", "run_date", "rank")},
-                                           failure=record))
-            self.counts["rejected"] += 1
+            self._finish(ex.row, "rejected", error_record(
+                "probe", "factor_not_verified", verdict.rationale,
+                **{k: record[k] for k in ("id", "image", "failure_key", "run_date", "rank")}, failure=record),
+                usage.as_dict())
 
     # -- the loop ----------------------------------------------------------------------------
-    async def run(self, files: list[str]) -> dict[str, Any]:
-        """Probe ``files`` with one teacher client; returns the client's stats.
+    async def run(self, units: list[WorkUnit], lost: Iterable[ReadError] = ()) -> dict[str, Any]:
+        """Probe the rows of ``units`` with one teacher client; returns the client's stats.
 
-        The pipeline's stats (device busy time, waits, what bound the rank) are left in
-        ``self.pipeline_stats``.
+        ``lost``: files of this rank's share of the plan that cannot be read at all (counted and
+        reported with the rank's read errors). The pipeline's stats (device busy time, waits,
+        what bound the rank) are left in ``self.pipeline_stats``.
         """
-        async with make_teacher(self.cfg) as teacher:
-            self.teacher = teacher
-            self.pipeline_stats = await self._probe(self._rows(files))
-            return dict(teacher.stats)
-
-    def _log_progress(self, started: float) -> None:
-        c = self.counts
-        log.info("%d rows: %d passed, %d wrong (%d verified, %d rejected so far), %d errors; %.1f rows/s",
-                 c["rows"], c["passed"], c["wrong"], c["verified"], c["rejected"], c["errors"],
-                 c["rows"] / max(time.monotonic() - started, 1e-9))
+        for err in lost:
+            self.input.add_error(err)
+            self._read_error(err)
+        finished = sum(len(rows) for rows in self.done.values())
+        total = sum(u.num_rows for u in units) - finished
+        if finished:
+            log.info("resuming: %d row(s) of this rank were finished by an earlier attempt; %d to go",
+                     finished, total)
+        with Progress(total, f"probe rank {self.rank}", unit="rows", interval_s=PROGRESS_EVERY_S,
+                      logger=log) as self.progress:
+            async with make_teacher(self.cfg) as teacher:
+                self.teacher = teacher
+                self.pipeline_stats = await self._probe(self._rows(units))
+                return dict(teacher.stats)
 
     async def _probe(self, rows: Iterable[Row]) -> PipelineStats:
         """Answer, judge and explain ``rows``: the device never waits for decoding, only for the teacher.
@@ -313,11 +378,9 @@ class RankProbe:
         """
         from vlmprobe.target.answers import is_correct
 
-        room = asyncio.Semaphore(max(4 * self.cfg.concurrency, self.cfg.failure_batch_size))
+        room = asyncio.Semaphore(max(4 * self.concurrency, self.cfg.failure_batch_size))
         in_flight: set[asyncio.Task] = set()
         crashed: list[BaseException] = []  # a bug in _explain must fail the step, not vanish
-        started = time.monotonic()
-        last_log = [started]
 
         def finished(task: asyncio.Task) -> None:
             in_flight.discard(task)
@@ -328,18 +391,15 @@ class RankProbe:
         async def consume(work: _Work, preds: list[str | None]) -> None:
             for ex, pred in zip(work.examples, preds):
                 if pred is None:
-                    continue
+                    continue  # its error row is recorded
                 if is_correct(pred, ex.answer, ex.choices):
-                    self.counts["passed"] += 1
+                    self._finish(ex.row, "passed")
                     continue
                 self.counts["wrong"] += 1
                 await room.acquire()
                 task = asyncio.create_task(self._explain(ex, pred))
                 in_flight.add(task)
                 task.add_done_callback(finished)
-            if time.monotonic() - last_log[0] >= PROGRESS_EVERY_S:
-                last_log[0] = time.monotonic()
-                self._log_progress(started)
             if crashed:
                 raise crashed[0]
 
@@ -351,8 +411,9 @@ class RankProbe:
             stats = await run_pipeline(self._batches(rows), self._prepare, self._infer, consume, finish=finish,
                                        workers=self.prepare_workers, prefetch=PREFETCH_BATCHES, device_init=bind)
         finally:
+            for task in in_flight:
+                task.cancel()
             await asyncio.gather(*in_flight, return_exceptions=True)
-        self._log_progress(started)
         if crashed:
             raise crashed[0]
         s = stats
@@ -361,105 +422,157 @@ class RankProbe:
         return stats
 
 
-def _clear_previous_outputs(layout: RunLayout) -> None:
-    remove_tree(layout.probe_dir)
-    if exists(layout.errors_dir):
-        for uri in list_files(layout.errors_dir, suffix=".jsonl"):
-            if uri.rsplit("/", 1)[1].startswith("probe-"):
-                remove_file(uri)
-
+# -- the step --------------------------------------------------------------------------------
 
 def main(cfg: ProbeConfig) -> dict[str, Any] | None:
     """Run this process's rank of step 1; rank 0 returns the summary (for XCom), others None."""
-    import torch
-    import torch.distributed as dist
     from torch.distributed.elastic.multiprocessing.errors import record
 
     @record
     def _main() -> dict[str, Any] | None:
-        rank = int(os.environ.get("RANK", 0))
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        distributed = "RANK" in os.environ and "MASTER_ADDR" in os.environ
-        cuda = torch.cuda.is_available()
-        if distributed:
-            if cuda:
-                torch.cuda.set_device(local_rank)
-            backend = "nccl" if cuda else "gloo"
-            dist.init_process_group(backend, timeout=dt.timedelta(seconds=cfg.pg_timeout_s))
-            log.info("process group: backend=%s world_size=%d timeout=%ds", backend, world_size, cfg.pg_timeout_s)
-        try:
-            return _run_rank(cfg, rank, world_size, distributed)
-        finally:
-            if distributed and dist.is_initialized():
-                dist.destroy_process_group()
+        with Ranks.start(cfg.pg_timeout_s, cfg.finish_timeout_s) as ranks:
+            return run_rank(cfg, ranks)
 
     return _main()
 
 
-def _run_rank(cfg: ProbeConfig, rank: int, world_size: int, distributed: bool) -> dict[str, Any] | None:
-    import torch.distributed as dist
+def _sampled_files(cfg: ProbeConfig) -> list[str]:
+    try:
+        return sample_files(cfg.input_uri, cfg.parquet_sample_size, cfg.seed, cfg.run_date)
+    except FileNotFoundError as e:
+        raise InputError(f"input_uri {cfg.input_uri} does not exist: check input_uri (and the run date "
+                         f"{cfg.run_date} if it names one)") from e
+    except ValueError as e:
+        raise InputError(f"no parquet files under {cfg.input_uri}: check input_uri (input files end in "
+                         ".parquet; names starting with _ or . are skipped)") from e
 
+
+def _start(cfg: ProbeConfig, layout: RunLayout, settings: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """Rank 0, before any rank writes: the work plan, stale outputs removed, the journal checked."""
+    files = _sampled_files(cfg)
+    plan = plan_work(files)
+    if plan.units:
+        try:
+            plan.for_rank(0, world_size)
+        except ValueError as e:  # ranks outnumber the row groups
+            raise InputError(str(e)) from e
+    removed = layout.invalidate("probe")
+    if removed:
+        log.info("rerun: removed %d stale output(s) of this run date (probe, sample, qa, manifest)", len(removed))
+    prior = keep_or_discard(layout.probe_journal, settings)
+    log.info("work plan: %d file(s) sampled, %d row group(s), %d rows; %d file(s) unreadable",
+             len(plan.files), len(plan.units), plan.total_rows, len(plan.lost))
+    return {"plan": plan.to_dict(), "prior": prior}
+
+
+def run_rank(cfg: ProbeConfig, ranks: Ranks) -> dict[str, Any] | None:
+    """One rank of step 1 (see the module docstring); rank 0 returns the summary, others None."""
     from vlmprobe.target import load_target
 
     started_at = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
+    rank, world_size = ranks.rank, ranks.world_size
     layout = RunLayout(cfg.output_uri, cfg.run_date)
-    files = sample_files(cfg.input_uri, cfg.parquet_sample_size, cfg.seed, cfg.run_date)
-    mine = split_for_rank(files, rank, world_size)  # every rank raises alike when ranks outnumber files
-    if rank == 0:
-        _clear_previous_outputs(layout)
-    if distributed:
-        dist.barrier()
-    log.info("rank %d/%d reads %d of %d sampled file(s)", rank, world_size, len(mine), len(files))
+    settings = fingerprint_settings(cfg)
+    shared = ranks.from_rank0(lambda: _start(cfg, layout, settings, world_size))
+    plan = WorkPlan.from_dict(shared["plan"])
+    lost = plan.lost_for_rank(rank, world_size)
+    where = {"rank": rank, "run_date": cfg.run_date}
+    if not plan.units:  # nothing readable: the lost files' error rows, then the step fails
+        counts = InputCounts()
+        with JsonlWriter(layout.probe_errors(rank)) as errors:
+            for err in lost:
+                errors.write(err.record("probe", **where))
+        for err in plan.lost:
+            counts.add_error(err)
+        raise InputError(counts.problem(cfg.max_error_rate))
+    try:
+        mine = plan.for_rank(rank, world_size)
+    except ValueError as e:
+        raise InputError(str(e)) from e
+    log.info("rank %d/%d probes %d rows (%d row group(s) of %d file(s)) of %d", rank, world_size,
+             sum(u.num_rows for u in mine), len(mine), len({u.uri for u in mine}), plan.total_rows)
 
     target = load_target(cfg.target_model, max_new_tokens=cfg.max_new_tokens)
-    with JsonlWriter(layout.probe_rank(rank)) as failures, JsonlWriter(layout.probe_errors(rank)) as errors:
-        probe = RankProbe(cfg, rank, target, failures, errors)
-        teacher_stats = asyncio.run(probe.run(mine))
-    c = probe.counts
-    if c["rows"] != c["passed"] + c["verified"] + c["rejected"] + c["errors"]:
-        raise RuntimeError(f"rank {rank} lost records: {dict(c)}")
+    with ProbeJournal(layout.probe_journal, rank, settings, mine, shared["prior"]) as journal:
+        probe = RankProbe(cfg, rank, target, journal, journal.done_rows())
+        teacher_stats = asyncio.run(probe.run(mine, lost))
+    finished_at = time.time()
+    tally = journal.write_outputs(layout.probe_rank(rank), layout.probe_errors(rank), probe.read_errors, where)
+    if tally.counts["rows"] != probe.input.rows_read:
+        raise RuntimeError(f"rank {rank} lost track of rows: read {probe.input.rows_read}, its outputs account "
+                           f"for {tally.counts['rows']} ({dict(tally.counts)})")
+    counts = {k: tally.counts[k] for k in COUNT_KEYS if k != "probed"}
+    counts["probed"] = probe.counts["probed"]
     rank_stats = {
         "rank": rank,
-        "files": mine,
+        "work_units": len(mine),
+        "files": sorted({u.uri for u in mine}),
         "failures_uri": layout.probe_rank(rank),
         "errors_uri": layout.probe_errors(rank),
-        "counts": {k: c[k] for k in ("rows", "passed", "wrong", "verified", "rejected", "errors", "bad_files")},
-        "error_reasons": dict(probe.error_reasons),
-        "tokens": dict(probe.tokens),
-        "teacher": teacher_stats,
+        "counts": counts,
+        "input": probe.input.to_dict(),
+        "error_reasons": dict(tally.error_reasons),
+        "tokens": dict(tally.tokens),
+        "teacher": teacher_stats,  # this attempt's requests (earlier attempts' are in their ledgers)
         "pipeline": probe.pipeline_stats.as_dict(),  # device busy time, waits, what bound the rank
+        "finished_at": round(finished_at, 3),
         "elapsed_s": round(time.monotonic() - t0, 3),
     }
-    log.info("rank %d done: %s", rank, rank_stats["counts"])
-
-    gathered: list[Any] = [None] * world_size
-    if distributed:
-        dist.all_gather_object(gathered, rank_stats)
-    else:
-        gathered = [rank_stats]
+    log.info("rank %d done: %s%s", rank, counts, "; waiting for the other ranks" if world_size > 1 else "")
+    gathered = ranks.gather_when_done(rank_stats)
     if rank != 0:
-        if distributed:
-            dist.barrier()
         return None
+    return _finish(cfg, layout, plan, gathered, started_at, t0)
+
+
+def _teacher_totals(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {k: 0 for k in _TEACHER_SUMS}
+    failures: Counter[str] = Counter()
+    gave_up: Counter[str] = Counter()
+    for r in ranks:
+        t = r.get("teacher") or {}
+        for k in _TEACHER_SUMS:
+            total[k] += t.get(k, 0)
+        failures.update(t.get("failures", {}))
+        gave_up.update(t.get("gave_up", {}))
+    total["estimated_cost_usd"] = round(total["estimated_cost_usd"], 6)
+    total["paused_s"] = round(total["paused_s"], 3)
+    return {**total, "failures": dict(failures), "gave_up": dict(gave_up)}
+
+
+def _finish(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: list[dict[str, Any]],
+            started_at: dt.datetime, t0: float) -> dict[str, Any]:
+    """Rank 0, every rank done: check the step's input and target errors, write ``_SUCCESS.json``."""
     total: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     tokens: Counter[str] = Counter()
+    read = InputCounts()
     for s in gathered:
         total.update(s["counts"])
         reasons.update(s["error_reasons"])
         tokens.update(s["tokens"])
+        read.merge(InputCounts(**s["input"]))
+    problem = read.problem(cfg.max_error_rate)
+    if problem:  # the outputs stay for inspection; no _SUCCESS.json, the journal kept
+        raise InputError(problem)
+    target_errors = reasons["target_error"]
+    if total["rows"] and target_errors / total["rows"] > cfg.max_error_rate:
+        raise VlmprobeError(f"the target failed on {target_errors} of {total['rows']} rows, more than max_error_rate "
+                            f"{cfg.max_error_rate:.1%}: see the target_error rows; a rerun probes them again")
     success = {
         "run_date": cfg.run_date,
-        "world_size": world_size,
+        "world_size": len(gathered),
         "input_uri": cfg.input_uri,
-        "input_files": files,
+        "input_files": plan.files,
         "failure_files": [s["failures_uri"] for s in gathered],
         "error_files": [s["errors_uri"] for s in gathered],
-        "counts": dict(total),
+        "counts": {k: total[k] for k in COUNT_KEYS},
+        "input": read.to_dict(),
         "error_reasons": dict(reasons),
         "tokens": dict(tokens),
+        "teacher": _teacher_totals(gathered),
+        "pipeline": summarize([s["pipeline"] for s in gathered]),
         "target_model": cfg.target_model,
         "teacher_model": cfg.gemini_model,
         "template_version": cfg.template_version,
@@ -468,6 +581,12 @@ def _run_rank(cfg: ProbeConfig, rank: int, world_size: int, distributed: bool) -
         "elapsed_s": round(time.monotonic() - t0, 3),
     }
     write_json(layout.probe_success, success)
-    if distributed:
-        dist.barrier()
-    return {"success_uri": layout.probe_success, "counts": dict(total)}
+    retried = sum(reasons[r] for r in RETRIED_REASONS)
+    if retried:  # budget_reached / target_error rows: a rerun probes only them, paying nothing twice
+        log.warning("resume journal kept: %d row(s) ended as %s error rows; a rerun (e.g. with a larger "
+                    "max_cost_usd) probes only those", retried, " or ".join(RETRIED_REASONS))
+    else:
+        ProbeJournal.clear_dir(layout.probe_journal)  # only now: the outputs are complete for good
+    log.info("probe done: %s; input %s; bound by %s", success["counts"], success["input"],
+             success["pipeline"]["bound"])
+    return {"success_uri": layout.probe_success, "counts": success["counts"], "input": success["input"]}

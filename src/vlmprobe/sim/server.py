@@ -185,9 +185,12 @@ class _AnswerWriter:
         factor = re.search(r"^Factor (\w+):(\w+):", prompt, re.M)
         self.factor = (factor.group(1), factor.group(2).replace("_", " ")) if factor else None
         self.asked: set[str] = set()  # yes/no probes already used in this answer
+        self.category: Any = None  # the factor category chosen for this answer's anyOf branch, if any
 
     def _category_for_question(self, enum: list[Any]) -> Any:
         """A plausible probing factor for the prompt's question, so failure keys repeat like real ones."""
+        if self.category is not None and self.category in enum:
+            return self.category  # already chosen with the branch (see _branch)
         q = self.question.lower()
         for words, category in _QUESTION_FACTORS:
             if category in enum and any(w in q for w in words) and self.rng.random() < 0.8:
@@ -241,7 +244,7 @@ class _AnswerWriter:
             return schema["const"]
         enum = _key(schema, "enum")
         if enum:
-            if name == "category" and self.question:
+            if name == "category" and (self.question or self.category is not None):
                 return self._category_for_question(list(enum))
             return self.rng.choice(list(enum))
         options = _key(schema, "anyOf") or _key(schema, "oneOf")
@@ -250,7 +253,7 @@ class _AnswerWriter:
             non_null = [o for o in options if self._type(o) != "null"]
             if not non_null or (deep and len(non_null) < len(options)):
                 return None
-            return self.value(self.rng.choice(non_null), name, depth, siblings)
+            return self.value(self._branch(non_null), name, depth, siblings)
         kind = self._type(schema)
         if kind == "object":
             return self._object(schema, depth)
@@ -264,6 +267,25 @@ class _AnswerWriter:
         if kind == "null":
             return None
         return self._string(schema, name, siblings)
+
+    def _branch(self, options: list[dict[str, Any]]) -> dict[str, Any]:
+        """The anyOf branch to answer with.
+
+        vlmprobe's factor schema is an anyOf of flat objects, each with a ``category`` enum (one
+        branch for the open categories, one per closed category with a ``value`` enum). A branch
+        drawn at random would make the closed categories (one branch each) most of the answers;
+        instead the category is chosen first, as for a flat schema, then the branch that allows it.
+        """
+        enums = []
+        for option in options:
+            props = _key(option, "properties") or {}
+            enum = _key(self._resolve(props.get("category")), "enum") if "category" in props else None
+            if not enum:
+                return self.rng.choice(options)  # not a schema of category branches
+            enums.append(list(enum))
+        categories = list(dict.fromkeys(c for enum in enums for c in enum))
+        self.category = self._category_for_question(categories)
+        return next(o for o, enum in zip(options, enums) if self.category in enum)
 
     @staticmethod
     def _type(schema: dict[str, Any]) -> str:
