@@ -226,6 +226,28 @@ def test_the_budget_stops_new_requests_across_processes(tmp_path):
     assert ledger["cost_usd"] > 0 and ledger["usage"]["prompt_tokens"] > 0
 
 
+def test_a_follow_up_of_a_paid_request_is_not_refused_by_the_budget(tmp_path):
+    # the verification of a paid factor goes out, so the factor's money is not thrown away
+    tiny = QuotaLimits(max_cost_usd=1e-9)
+
+    async def factor_then_verify(teacher: Teacher) -> list:
+        async with teacher:
+            await teacher.generate("Factor question.", Answer)
+            verified = await teacher.generate("Verify it.", Answer, follow_up=True)
+            try:
+                await teacher.generate("A new row's factor.", Answer)
+            except TeacherError as e:
+                return [verified, e]
+            return [verified, None]
+
+    with GeminiSimulator(port=0) as sim:
+        (teacher,) = _teachers(sim, str(tmp_path / "_teacher"), 1, limits=tiny)
+        verified, refused = asyncio.run(factor_then_verify(teacher))
+        requests = sim.stats()["requests"]
+    assert verified.parsed is not None and requests == 2
+    assert isinstance(refused, TeacherError) and refused.reason == "budget_reached"
+
+
 @pytest.mark.parametrize("bad", [dict(rpm=-1), dict(period_s=0), dict(headroom=1.0)])
 def test_limits_are_checked(bad):
     with pytest.raises(ValueError):

@@ -304,7 +304,7 @@ class RankProbe:
                 factor: FactorCompletion = fc.parsed
                 vr = await self.teacher.generate(
                     verify_prompt(ex.question, ex.answer, prediction, factor.category, factor.completion),
-                    Verification, images=images, kind="verify")
+                    Verification, images=images, kind="verify", follow_up=True)  # the factor is paid
             except TeacherError as e:
                 usage = e.usage + (fc.usage if fc else Usage())  # failed attempts are billed too
                 self._error(f"teacher_{e.reason}", str(e), ex.row, ex.id, usage.as_dict())

@@ -44,7 +44,10 @@ Cost: ``thinking_budget`` (0 by default: no thinking where the model allows it; 
 stop thinking and is clamped to its minimum of 128), ``max_output_tokens`` per request kind
 (``factor``, ``verify``, ``qa``; thinking counts against it on 2.5 models, so the budget is added
 on top), and ``QuotaLimits.max_cost_usd``: once the run's estimated spend (summed over the run's
-ledgers) reaches it, new requests raise TeacherError ``budget_reached`` without being sent.
+ledgers) reaches it, new requests raise TeacherError ``budget_reached`` without being sent. A
+follow-up request (``follow_up=True``: the verification of a factor already paid for) is not
+refused, so no paid answer is thrown away; the overshoot is at most one follow-up per request in
+flight.
 
 The API key comes from ``api_key`` or ``GEMINI_API_KEY`` and appears in no message, log or repr
 (it is also cut out of server messages that echo it). ``GEMINI_BASE_URL`` points the client
@@ -729,10 +732,13 @@ class Teacher:
         temperature: float = 0.2,
         kind: str | None = None,
         max_output_tokens: int | None = None,
+        follow_up: bool = False,
     ) -> TeacherResult[Schema]:
         """Ask for an answer of type ``schema`` about ``prompt`` and ``images`` ((bytes, mime) pairs).
 
         ``kind`` (``factor``, ``verify``, ``qa``) picks the max_output_tokens unless given.
+        ``follow_up`` marks the second request of a unit of work whose first one was paid: the
+        budget (``max_cost_usd``) does not refuse it.
         Raises :class:`TeacherError` when this request fails for good (an error row),
         :class:`~vlmprobe.errors.TeacherUnusable`, :class:`~vlmprobe.errors.QuotaExhausted` or
         :class:`TeacherCircuitOpen` when the step must stop (every later call raises it too).
@@ -740,7 +746,7 @@ class Teacher:
         if self._client is None or self._stop_event is None:
             raise RuntimeError("Use the Teacher as `async with Teacher(...) as teacher:` before generate().")
         self._raise_if_stopped()
-        if self.quota.budget_reached():
+        if not follow_up and self.quota.budget_reached():
             self._gave_up["budget_reached"] += 1
             raise TeacherError("budget_reached", 0, (
                 f"the run's teacher budget is spent: estimated ${self.quota.spent_usd():.4f} of "
