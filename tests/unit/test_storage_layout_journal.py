@@ -30,7 +30,7 @@ def _full_run(root: Path) -> RunLayout:
                 "sample/failures.jsonl", "sample/shards.json", "sample/.failures.jsonl.tmp-00ff00ff",
                 "qa/shard-00000.jsonl", "qa/shard-00001.jsonl", "qa/shard-00002.jsonl",
                 "qa/_shard-00000.stats.json", "qa/_shard-00001.stats.json", "qa/.shard-00001.jsonl.tmp-aaaa0000",
-                "qa/_journal/shard-00001.b.jsonl", "qa/_checkpoint-00002/batch-00000.jsonl",
+                "qa/_journal/shard-00001.b.jsonl",
                 "errors/probe-rank-00000.jsonl", "errors/.probe-rank-00001.jsonl.tmp-deadbeef",
                 "errors/sample.jsonl", "errors/qa-shard-00000.jsonl", "errors/qa-shard-00001.jsonl",
                 "errors/.qa-shard-00001.jsonl.tmp-beefbeef",
@@ -41,8 +41,7 @@ def _full_run(root: Path) -> RunLayout:
     return lay
 
 
-KEPT_ALWAYS = {"probe/_journal/rank-00000.a.jsonl", "qa/_journal/shard-00001.b.jsonl",
-               "qa/_checkpoint-00002/batch-00000.jsonl", "_teacher/ledger.json", "_teacher/.ledger.json.tmp-12345678"}
+KEPT_ALWAYS = {"probe/_journal/rank-00000.a.jsonl", "qa/_journal/shard-00001.b.jsonl", "_teacher/ledger.json", "_teacher/.ledger.json.tmp-12345678"}
 
 
 def test_a_probe_rerun_invalidates_everything_downstream_but_resume_state(tmp_path):

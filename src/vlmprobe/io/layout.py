@@ -9,7 +9,6 @@ rerun can never leave an old ``manifest.json``, sample or QA shard next to new r
 What survives a rerun by design (issue 5: never pay Gemini twice):
 - ``probe/_journal/`` and ``qa/_journal/``: per-record resume journals (:mod:`vlmprobe.io.journal`);
   the step that reads one decides whether its records still apply (fingerprint them);
-- ``qa/_checkpoint-*``: the QA step's per-batch checkpoints, which check their own fingerprint;
 - ``_teacher/``: the teacher's quota and spend ledgers, shared by every step of the run date.
 """
 
@@ -21,7 +20,7 @@ from vlmprobe.io.fs import TMP_MARK, basename, is_temp_name, join, list_all, lis
 from vlmprobe.rundate import check_run_date
 
 STEPS = ("probe", "sample", "qa", "publish")
-RESUME_STATE = ("_journal", "_checkpoint-")  # names under probe/ and qa/ that reruns keep
+RESUME_STATE = ("_journal",)  # names under probe/ and qa/ that reruns keep
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,9 @@ class RunLayout:
     def invalidate(self, step: str, shard_index: int | None = None) -> list[str]:
         """Remove what a rerun of ``step`` makes stale; returns the URIs removed. Call it before writing.
 
-        ``probe``: everything under the run date except the resume journals, the QA checkpoints
-        and ``_teacher/``. ``sample``: ``sample/``, the QA outputs and stats, the sample and QA
-        error files, the manifest. ``qa`` with ``shard_index``: that shard's output, stats, error
+        ``probe``: everything under the run date except the resume journals and ``_teacher/``.
+        ``sample``: ``sample/``, the QA outputs and stats, the sample and QA error files, the
+        manifest. ``qa`` with ``shard_index``: that shard's output, stats, error
         file and temporary files, and the manifest (the other shards may be running; they stay).
         ``qa`` without a shard: every shard, as for ``sample`` less ``sample/``. ``publish``: the
         manifest. Temporary files of killed writers go with the folders they are in.
