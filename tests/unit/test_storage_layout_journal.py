@@ -48,7 +48,7 @@ def test_a_probe_rerun_invalidates_everything_downstream_but_resume_state(tmp_pa
     lay = _full_run(tmp_path)
     removed = lay.invalidate("probe")
     assert _tree(tmp_path / RUN_DATE) == KEPT_ALWAYS
-    assert lay.manifest in removed and len(removed) == 26 - len(KEPT_ALWAYS)
+    assert lay.manifest in removed and len(removed) == 25 - len(KEPT_ALWAYS)
 
 
 def test_a_sample_rerun_keeps_probe_outputs(tmp_path):
