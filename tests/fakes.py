@@ -28,3 +28,23 @@ def fake_probe(out: str, parquet_dir: str, per_key: dict[str, int], ranks: int =
         "tokens": {"prompt_tokens": 1000, "output_tokens": 100}, "target_model": "tiny", "teacher_model": "gemini-2.5-flash",
         "elapsed_s": 1.0})
     return lay
+
+
+def crash_qa_shard_on(monkeypatch, n: int):
+    """The QA shard's ``n``-th failure raises ``RuntimeError("pod evicted")``, a pod killed mid-shard.
+
+    Returns the undo (the real handler back) for the rerun.
+    """
+    from vlmprobe.qa import run as qa_run
+
+    real = qa_run.ShardQA.handle
+    calls = {"n": 0}
+
+    async def handle(self, seq, rec, image):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("pod evicted")
+        return await real(self, seq, rec, image)
+
+    monkeypatch.setattr(qa_run.ShardQA, "handle", handle)
+    return lambda: monkeypatch.setattr(qa_run.ShardQA, "handle", real)

@@ -12,7 +12,7 @@ from vlmprobe.io import JsonlWriter, exists, iter_jsonl, list_files, read_json, 
 from vlmprobe.qa.run import clean_items, run_shard
 from vlmprobe.sample.run import sample_keys
 from vlmprobe.teacher.schemas import QAPair
-from fakes import RUN_DATE, fake_probe
+from fakes import RUN_DATE, crash_qa_shard_on, fake_probe
 
 
 def _setup(tmp_path, demo_parquet, embed=False):
@@ -109,7 +109,6 @@ def _ok_bodies(log: list[dict]) -> list[str]:
 
 
 def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path, demo_parquet, monkeypatch):
-    from vlmprobe.qa import run as qa_run
     from vlmprobe.sim.server import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
@@ -117,23 +116,14 @@ def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path,
     assert shard["count"] == 9
     cfg = dict(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, batch_size=2, concurrency=2)
     monkeypatch.setenv("GEMINI_API_KEY", "k")
-    real_handle = qa_run.ShardQA.handle
-    calls = {"n": 0}
-
-    async def crash_on_the_fifth_failure(self, seq, rec, image):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("pod evicted")
-        return await real_handle(self, seq, rec, image)
-
     with GeminiSimulator(port=0, seed=2) as sim:
         monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
-        monkeypatch.setattr(qa_run.ShardQA, "handle", crash_on_the_fifth_failure)
+        undo = crash_qa_shard_on(monkeypatch, 5)
         with pytest.raises(RuntimeError, match="pod evicted"):
             run_shard(QAConfig(**cfg))
         assert not exists(lay.qa_shard(0)) and not exists(lay.qa_stats(0))  # nothing half-written
         first = sim.request_log()
-        monkeypatch.setattr(qa_run.ShardQA, "handle", real_handle)
+        undo()
         resumed = run_shard(QAConfig(**cfg))
         second = sim.request_log()[len(first):]
     c = resumed["counts"]
@@ -148,28 +138,18 @@ def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path,
 
 
 def test_a_journal_made_for_other_settings_is_discarded(tmp_path, demo_parquet, monkeypatch, caplog):
-    from vlmprobe.qa import run as qa_run
     from vlmprobe.sim.server import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
     count = read_json(lay.shard_plan)["shards"][0]["count"]
     cfg = dict(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, batch_size=1, concurrency=1)
     monkeypatch.setenv("GEMINI_API_KEY", "k")
-    real_handle = qa_run.ShardQA.handle
-    calls = {"n": 0}
-
-    async def crash_on_the_fourth_failure(self, seq, rec, image):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("pod evicted")
-        return await real_handle(self, seq, rec, image)
-
     with GeminiSimulator(port=0, seed=2) as sim:
         monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
-        monkeypatch.setattr(qa_run.ShardQA, "handle", crash_on_the_fourth_failure)
+        undo = crash_qa_shard_on(monkeypatch, 4)
         with pytest.raises(RuntimeError, match="pod evicted"):
             run_shard(QAConfig(**cfg))
-        monkeypatch.setattr(qa_run.ShardQA, "handle", real_handle)
+        undo()
         before = sim.stats()["requests"]
         fresh = run_shard(QAConfig(**{**cfg, "max_items": 2}))  # other items per failure: another job
         asked = sim.stats()["requests"] - before

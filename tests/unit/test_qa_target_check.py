@@ -9,7 +9,7 @@ from vlmprobe.errors import UsageError
 from vlmprobe.io import exists, iter_jsonl, read_json, write_json
 from vlmprobe.qa.run import run_shard
 from vlmprobe.sample.run import sample_keys
-from fakes import RUN_DATE, fake_probe
+from fakes import RUN_DATE, crash_qa_shard_on, fake_probe
 
 
 @pytest.fixture
@@ -50,26 +50,16 @@ def test_every_item_is_put_to_the_target_and_qa_keep_picks_what_is_written(tmp_p
 
 
 def test_a_resumed_shard_checks_its_journalled_items_too(tmp_path, one_shard, tiny_llava, monkeypatch):
-    from vlmprobe.qa import run as qa_run
     from vlmprobe.sim.server import GeminiSimulator
 
     monkeypatch.setenv("GEMINI_API_KEY", "k")
-    real_handle = qa_run.ShardQA.handle
-    calls = {"n": 0}
-
-    async def crash_on_the_sixth_failure(self, seq, rec, image):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise RuntimeError("pod evicted")
-        return await real_handle(self, seq, rec, image)
-
     options = dict(qa_target_check="on", target_model=tiny_llava, max_new_tokens=2, concurrency=1, no_async=True)
     with GeminiSimulator(port=0, seed=4) as sim:
         monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
-        monkeypatch.setattr(qa_run.ShardQA, "handle", crash_on_the_sixth_failure)
+        undo = crash_qa_shard_on(monkeypatch, 6)
         with pytest.raises(RuntimeError, match="pod evicted"):
             run_shard(QAConfig(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, **options))
-        monkeypatch.setattr(qa_run.ShardQA, "handle", real_handle)
+        undo()
         out = run_shard(QAConfig(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, **options))
     c = out["counts"]
     assert c["resumed"] == 5 and c["items_checked"] == c["items"] > 0
