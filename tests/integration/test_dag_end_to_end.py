@@ -81,18 +81,19 @@ def test_missing_input_fails_the_probe_without_retry_or_pod(airflow_env, tmp_pat
 
 
 def test_a_failing_probe_puts_its_cause_at_error_in_the_task_log(airflow_env, tmp_path, demo_parquet, tiny_llava):
-    # two ranks, one sampled file: every rank refuses (exit 2, not retried) after the preflight passed
+    # three ranks, one sampled file of two row groups: every rank refuses (exit 2, not retried)
+    # after the preflight passed
     conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
-            "nproc_per_node": 2, "parquet_sample_size": 1}
+            "nproc_per_node": 3, "parquet_sample_size": 1}
     proc, logs = _dags_test({**airflow_env, "GEMINI_API_KEY": "e2e-key"}, conf)
     assert proc.returncode != 0
     # the task log's records (timestamped), not the exception's message repeating the line
     cause = [line for line in _lines_with(logs, "vlmprobe probe: error: ") if line[:4].isdigit()]
-    assert cause and all("2 ranks but only 1 parquet file(s) sampled" in line for line in cause), cause
+    assert cause and all("3 ranks but the sampled files hold only 2 readable row group(s)" in line for line in cause), cause
     # the task log's own level (structlog's "[error    ]"), not INFO with the pod's "ERROR" inside
     assert all("[error" in line.split("vlmprobe probe: error")[0] for line in cause), cause
     # the task's failure message names the cause, and there is no retry (exit code 2)
-    assert any("AirflowFailException" in line and "parquet file(s) sampled" in line for line in logs.splitlines())
+    assert any("AirflowFailException" in line and "readable row group(s)" in line for line in logs.splitlines())
     assert "new_state=failed" in logs and "up_for_retry" not in logs.lower()
 
 
