@@ -86,6 +86,7 @@ def test_the_manifest_reports_the_teacher_per_step_input_accounting_and_what_bou
     assert {k: m["probe"]["input"][k] for k in ("rows_read", "rows_lost", "files_lost")} == {
         "rows_read": m["probe"]["counts"]["rows"], "rows_lost": 12, "files_lost": 1}
     bound = m["probe"]["bound_by"]
+    assert bound["tail_s"] == 0.0 and bound["teacher_wait_s"] > 0  # the device's waits, both shown
     assert bound["bound"] == "teacher" and bound["gpus_for_same_time"] == 1 and bound["busy_fraction"] == pytest.approx(
         4.5 / 20, abs=1e-3)
     assert m["sample"]["keys_per_category"]["color"]["keys"] == 1 and "duplicates" in m["sample"]["counts"]

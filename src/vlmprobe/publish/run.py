@@ -131,8 +131,12 @@ def input_accounting(probe: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def bound_by(probe: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What bound the probe: its pipeline summary (device busy fraction, teacher wait, the bound) and,
-    when the teacher bound it, how many GPUs would have finished in the same time."""
+    """What bound the probe: its pipeline summary (device busy fraction, the waits, the bound) and,
+    when the teacher bound it, how many GPUs would have finished in the same time.
+
+    ``teacher_wait_s`` is the time the device waited for the teacher to take more failures;
+    ``tail_s`` the time after the last batch, spent finishing the teacher's backlog. A short run
+    is teacher-bound through its tail alone."""
     summary = probe.get("pipeline")
     if not summary:
         ranks = [r["pipeline"] for r in probe.get("ranks") or [] if r.get("pipeline")]
@@ -141,8 +145,8 @@ def bound_by(probe: Mapping[str, Any]) -> dict[str, Any] | None:
         from vlmprobe.probe.pipeline import summarize
 
         summary = summarize(ranks)
-    out = {k: summary[k] for k in ("bound", "busy_fraction", "teacher_wait_s", "input_wait_s", "device_busy_s",
-                                   "wall_s", "ranks") if k in summary}
+    out = {k: summary[k] for k in ("bound", "busy_fraction", "teacher_wait_s", "tail_s", "input_wait_s",
+                                   "device_busy_s", "wall_s", "ranks") if k in summary}
     if summary.get("bound") == "teacher" and "devices_for_same_time" in summary:
         out["gpus_for_same_time"] = summary["devices_for_same_time"]
     return out
