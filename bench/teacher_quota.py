@@ -37,14 +37,17 @@ def _inputs(root: Path, failures: int, shards: int) -> None:
     from vlmprobe.io import JsonlWriter, RunLayout, write_json
     from vlmprobe.sample.run import sample_keys
 
-    files = write_demo_parquet(str(root / "parquet"), n_files=4, rows_per_file=24, seed=0)
-    layout = RunLayout(str(root / "out"), RUN_DATE)
     keys = ["color:red", "count:3", "shape:circle", "spatial_relation:left", "size:small", "text:stop"]
+    # every failure a distinct (image, key) pair: sampling keeps a duplicate once
+    n_files, first_row = 4, 3  # rows 0-2 of part 0 are bad
+    per_file = -(-failures // (len(keys) * n_files))
+    files = write_demo_parquet(str(root / "parquet"), n_files=n_files, rows_per_file=first_row + per_file, seed=0)
+    layout = RunLayout(str(root / "out"), RUN_DATE)
     with JsonlWriter(layout.probe_rank(0)) as w:
         for i in range(failures):
-            key = keys[i % len(keys)]
+            key, image = keys[i % len(keys)], i // len(keys)
             w.write({"id": f"bench-{i:06d}", "failure_key": key,
-                     "image": {"uri": files[i % len(files)], "row": 3 + i % 21},  # rows 0-2 of part 0 are bad
+                     "image": {"uri": files[image % n_files], "row": first_row + image // n_files},
                      "question": f"What is shown in picture {i}?", "answer": "red", "prediction": "blue",
                      "factor": {"category": key.split(":")[0], "completion": f"the {key.split(':')[1]} object"}})
     write_json(layout.probe_success, {
@@ -100,6 +103,7 @@ def main() -> int:
     for s in stats:
         reasons.update(s["error_reasons"])
     failed = sum(code != 0 for code, _ in outcomes)
+    handled = sum(s["counts"]["failures"] for s in stats)  # the whole workload reached the shards
     for i, s in enumerate(stats):
         t = s["teacher"]
         print(f"shard {i}: {s['counts']['failures']} failures, {t['requests']} requests, {t['rate_limited']} 429s, "
@@ -107,10 +111,14 @@ def main() -> int:
               f"quota {t['quota']}, {s['elapsed_s']} s")
     print(f"simulator: {len(log)} requests {dict(statuses)}, span {span_min:.2f} min, wall {wall:.0f} s; "
           f"error rows {dict(reasons)}")
-    goal = goodput >= 0.9 * args.rpm and share_429 < 0.03 and error_rows == 0 and failed == 0
+    if handled != failures:
+        print(f"the shards handled {handled} of {failures} failures: the workload is not what was meant",
+              file=sys.stderr)
+    goal = goodput >= 0.9 * args.rpm and share_429 < 0.03 and error_rows == 0 and failed == 0 and handled == failures
     print(f"teacher_quota shards={args.shards} R={args.rpm}/min goodput={goodput:.1f}/min "
           f"ratio {goodput / args.rpm:.3f} (goal >= 0.9)  429s {share_429:.2%} (goal < 3%)  "
-          f"error_rows {error_rows} (goal 0)  failed_shards {failed}  {'OK' if goal else 'MISSED'}")
+          f"error_rows {error_rows} (goal 0)  failures {handled}/{failures}  failed_shards {failed}  "
+          f"{'OK' if goal else 'MISSED'}")
     return 0 if goal else 1
 
 
