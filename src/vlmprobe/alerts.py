@@ -15,6 +15,9 @@ raised: an alert must not change a task's outcome.
   the last try): run date, task, map index, try, error and the task log's URL.
 - :func:`deadline_missed` — the ``AsyncCallback`` of the DAG's ``DeadlineAlert`` (runs in the
   triggerer): a run still not finished ``VLMPROBE_RUN_DEADLINE_HOURS`` after it was queued.
+  Airflow (3.3.2) prunes a run's deadlines only when the run succeeds, so a run that failed
+  earlier still reaches its deadline: that run's failing task has posted already, and the
+  deadline posts nothing more (a failed run that was cleared is running again, and does post).
 """
 
 from __future__ import annotations
@@ -186,6 +189,9 @@ def deadline_payload(context: Mapping[str, Any]) -> dict[str, Any]:
 async def deadline_missed(context: Mapping[str, Any] | None = None, conn_id: str = ALERTS_CONN_ID) -> None:
     """``AsyncCallback`` of the DAG's deadline: post :func:`deadline_payload` to the webhook."""
     payload = deadline_payload(context or {})
+    if payload["state"] == "failed":  # its failing task has alerted already (see the module docstring)
+        log.info("%s: not posted, the run failed before its deadline and its task alerted", payload["text"])
+        return
     log.warning("%s", payload["text"])
     url = await alookup_webhook(conn_id)
     if url:

@@ -102,6 +102,11 @@ def test_deadline_missed_posts_the_run_and_its_deadline(webhook, monkeypatch):
     assert body["event"] == "deadline_missed" and body["run_date"] == "2026-11-25" and body["state"] == "running"
     assert "has not finished by its deadline 2026-11-26 10:00:00+00:00" in body["text"]
 
+    # Airflow keeps a failed run's deadline: the run's failing task has alerted, the deadline stays quiet
+    context["dag_run"]["state"] = "failed"
+    asyncio.run(deadline_missed(context=context))
+    assert len(webhook.received) == 1
+
 
 def test_deadline_hours_from_the_environment():
     assert deadline_hours({}) == 8.0
