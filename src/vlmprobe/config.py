@@ -45,7 +45,7 @@ class TeacherSettings(BaseModel):
     concurrency: int = param("concurrency")
     request_delay: float = param("request_delay")
     request_timeout_s: float = Field(120.0, gt=0, le=3600, description="Timeout of one Gemini request.")
-    # teacher (h5): run-wide quota, retries, the bill
+    # teacher: run-wide quota, retries, the bill
     teacher_rpm: int = param("teacher_rpm")
     teacher_tpm: int = param("teacher_tpm")
     teacher_rpd: int = param("teacher_rpd")
@@ -69,7 +69,7 @@ class ProbeConfig(StepConfig, TeacherSettings):
     max_new_tokens: int = param("max_new_tokens")
     template_version: str = Field("v1", description="Probing-factor template set.")
     max_error_rate: float = param("max_error_rate")
-    # Two timeouts (phase 2, p1): start-up collectives (the plan broadcast) fail fast; a rank that
+    # Two timeouts: start-up collectives (the plan broadcast) fail fast; a rank that
     # finished its rows waits for the slowest on a gloo group of its own, as long as the task may run.
     pg_timeout_s: int = Field(1800, ge=1, le=86400, description="Timeout of the ranks' start-up collectives "
                               "(the work plan broadcast): a rank that does not start fails the job after it.")
@@ -80,7 +80,7 @@ class ProbeConfig(StepConfig, TeacherSettings):
     @field_validator("input_uri")
     @classmethod
     def _dated_input(cls, v: str, info: ValidationInfo) -> str:
-        # {run_date} in input_uri: the same expansion as the Airflow-side preflight (h7)
+        # {run_date} in input_uri: the same expansion as the Airflow-side preflight
         return expand_uri(v, info.data["run_date"]) if "run_date" in info.data else v
 
 
@@ -116,5 +116,5 @@ class QAConfig(StepConfig, TeacherSettings):
 
 class PublishConfig(StepConfig):
     gemini_model: str = param("gemini_model")
-    # publish fails the run when a step's teacher error rows exceed this fraction (phase 2, p2)
+    # publish fails the run when a step's teacher error rows exceed this fraction
     max_error_rate: float = param("max_error_rate")

@@ -26,7 +26,7 @@ class QuotaExhausted(VlmprobeError):
         self.resets_at = resets_at
 
 
-# -- helpers (h7) -------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------
 
 DETERMINISTIC_EXIT_CODES = frozenset({2, 3, 4})
 

@@ -161,7 +161,7 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
         description="QA items written: all of them, or only those the target answered wrongly "
         "(needs the target check).",
     ),
-    # -- data (h8): sampling balance ------------------------------------------------------------
+    # -- data: sampling balance ------------------------------------------------------------------
     "min_per_key": dict(
         default=1,
         type="integer",
@@ -183,7 +183,7 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
 }
 
 
-# --- teacher (h5): the run-wide Gemini quota, retries and the bill -----------------------------
+# --- teacher: the run-wide Gemini quota, retries and the bill -----------------------------
 # Quota defaults are tier 1 of gemini-2.5-flash (the default teacher): the lowest paid tier, so
 # they never exceed a paid project's quota; a project with more raises them (docs: README).
 TEACHER = "Teacher quota and cost"
@@ -267,7 +267,7 @@ def defaults() -> dict[str, Any]:
     return {name: spec["default"] for name, spec in PARAM_SPECS.items()}
 
 
-# -- URI forms (h7, running it from Airflow) -------------------------------------------------------
+# -- URI forms (running it from Airflow) ------------------------------------------------------------
 # Refused at trigger time by the Params' JSON schema (``pattern``), and again by the preflight
 # and the step configs. A local path must be absolute: the pods and the Airflow side do not
 # share a working directory. ``input_uri`` may hold ``{run_date}`` (each run reads its own day).
@@ -298,7 +298,7 @@ def uri_form_problem(name: str, value: str) -> str | None:
     return f"{name}={value!r} must be {URI_FORMS}{extra}"
 
 
-# -- deployment-wide defaults (h7) ----------------------------------------------------------------
+# -- deployment-wide defaults ---------------------------------------------------------------------
 DEFAULTS_ENV = "VLMPROBE_PARAM_DEFAULTS"
 
 

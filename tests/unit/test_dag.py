@@ -86,7 +86,7 @@ def test_params_are_typed_bounded_described(dag):
                 "batch_size", "request_delay", "no_async", "error_output_format", "embed_images",
                 "samples_per_key", "input_uri", "output_uri", "target_model", "gemini_model", "seed"}
     expected |= {"teacher_rpm", "teacher_tpm", "teacher_rpd", "teacher_retry_window_s", "max_error_rate",
-                 "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher (h5)
+                 "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher
     expected |= {"max_new_tokens", "qa_target_check", "qa_keep"}  # target (issue 9)
     expected |= {"min_per_key", "max_per_category"}  # data (issue 8)
     params = dag.params

@@ -3,8 +3,9 @@
 The work is planned from the files' footers: one :class:`~vlmprobe.io.parquet.WorkUnit` per
 non-empty row group, in file order, then split into contiguous runs of units, one per rank,
 balanced by row count (not file count: one big file no longer makes one rank the straggler).
-Every rank that computes the plan from the same files gets the same plan; phase 2 has rank 0
-compute it once (:func:`plan_work`) and broadcast :meth:`WorkPlan.to_dict`.
+The plan depends only on the files; the probe has rank 0 compute it once (:func:`plan_work`) and
+broadcast :meth:`WorkPlan.to_dict` (:mod:`vlmprobe.probe.ranks`), so every rank works from one
+listing even when files land mid-run.
 """
 
 from __future__ import annotations

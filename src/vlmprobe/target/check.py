@@ -1,7 +1,7 @@
 """Putting generated QA items to the target: its answer, and whether it was right.
 
-The QA step (phase 2 wiring) calls :func:`check_answers` with a shard's items once the teacher
-has written them, on the shard's GPU when it has one (:func:`target_check_enabled`). Rows with
+The QA step (:mod:`vlmprobe.qa.run`) puts a shard's generated items to the target in batches on
+the shard's GPU when it has one (:func:`target_check_enabled`). Rows with
 choices are scored by option log-likelihood, open rows generated (see :mod:`vlmprobe.target.hf`).
 Importing this module does not import torch.
 """
