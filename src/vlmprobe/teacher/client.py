@@ -89,7 +89,7 @@ from pydantic import BaseModel, ValidationError
 from vlmprobe.errors import QuotaExhausted, TeacherUnusable, VlmprobeError
 from vlmprobe.teacher.flow import AdaptiveConcurrency
 from vlmprobe.teacher.imageprep import image_tokens, prepare_image, text_tokens
-from vlmprobe.teacher.pricing import estimate_cost, price_of
+from vlmprobe.teacher.pricing import estimate_cost
 from vlmprobe.teacher.quota import QuotaLimits, RunQuota, next_pacific_midnight
 
 try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
