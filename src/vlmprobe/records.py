@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 _NON_WORD = re.compile(r"[^a-z0-9]+")
-_WORD = re.compile(r"[a-z0-9]+")
+_WORD = re.compile(r"[^\W_]+")  # letters and digits of any script
 _ARTICLES = ("the", "a", "an")
 OTHER = "other"
 

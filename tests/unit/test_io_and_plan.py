@@ -63,6 +63,8 @@ def test_failure_key_normalizes():
     ("lighting", "foggy haze", "lighting:other"),  # outside the closed vocabulary
     ("viewpoint", "Bird's-eye view", "viewpoint:top_down"),
     ("mood", "gloomy", "other:gloomy"),  # not a category of the set
+    ("text", "Café MENU", "text:café_menu"),  # letters of any script are kept, lowercased
+    ("text", "中文", "text:中文"),
 ])
 def test_failure_keys_come_from_a_controlled_vocabulary(category, value, key):
     assert failure_key(category, value) == key

@@ -5,7 +5,8 @@ Reads only the shard's own records (its byte range in ``sample/shards.json``,
 failure's factor — concurrently (at most ``batch_size`` failures outstanding, ``concurrency``
 requests in flight, starts spaced by ``request_delay``, the client's quota shares and retries)
 or one at a time with ``no_async`` — and writes the items. Every failure that enters leaves as
-QA items or as one error row in ``errors/qa-shard-NNNNN.jsonl`` with its reason (a record
+QA items (with ``qa_keep=target_failed``: counted in ``items_dropped_target_passed`` when the
+target answered all of them) or as one error row in ``errors/qa-shard-NNNNN.jsonl`` with its reason (a record
 without the fields QA needs, an unreadable image, a teacher error, no valid pair); one bad
 record never stops the others. ``qa/_shard-NNNNN.stats.json`` (counts, tokens, the teacher's
 figures, timings) is written last and marks the shard complete.
@@ -19,14 +20,17 @@ has no torch: the check needs the probe's dependencies (a clear exit 2 otherwise
 
 **Resume** (never pay Gemini twice): each failure's outcome — its items or its error row — is
 appended to the shard's journal (:class:`vlmprobe.io.journal.Journal` under
-``qa/_journal/shard-NNNNN/``) as soon as it is known, flushed before the next one. A rerun skips
-the failures in the journal: after a kill, only the requests in flight are sent again. The
+``qa/_journal/shard-NNNNN/``) as soon as it is known: locally flushed before the next one, on
+object stores a segment every 64 outcomes or 10 s. A rerun skips the failures in the journal:
+after a kill, only the requests in flight are sent again (on object stores, also the outcomes of
+the last unwritten segment). The
 journal is trusted only when its fingerprint (``_fingerprint.json``: the plan's SHA-256, the
 shard, the teacher model, items per failure, the record format) matches; otherwise it is
 discarded with a warning. Rows of ``teacher_budget_reached`` are written but never journalled,
 so a rerun with a larger ``max_cost_usd`` asks for them (and only them). The target's answers
 are not journalled: they cost no Gemini request and are recomputed (with the rerun's target
-settings). The outputs are written from the journal at the end; the journal is removed once
+settings). The outputs are written at the end from the outcomes — earlier attempts' from the
+journal, read once at the start, and this attempt's; the journal is removed once
 the stats file is written — unless the budget stopped some failures: then it stays for that
 rerun (publish fails the run meanwhile).
 
@@ -515,10 +519,7 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
         if check is not None:
             check.close()
 
-    # the outputs, from the journal (every attempt's durable outcomes) plus this attempt's others
-    for rec in journal.finished():
-        if rec.get("fp") == fp and int(rec["seq"]) in outcomes:
-            outcomes[int(rec["seq"])] = Outcome.from_record(rec)
+    # the outputs: earlier attempts' outcomes (read from the journal at the start) and this attempt's
     if len(outcomes) != shard["count"]:
         raise RuntimeError(f"qa shard {index} lost records: {len(outcomes)} outcome(s) for {shard['count']} failure(s)")
     tokens: Counter[str] = Counter()
