@@ -59,6 +59,9 @@ def _params() -> dict[str, Param]:
     return {name: Param(**spec) for name, spec in specs.items()}
 
 
+PARAMS = _params()
+
+
 def _cli_args(step_config: type) -> list[str]:
     """``--name value`` pairs for the ``vlmprobe`` CLI: every param the step's config takes, rendered.
 
@@ -77,7 +80,7 @@ def _cli_args(step_config: type) -> list[str]:
     start_date=pendulum.datetime(2026, 11, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    params=_params(),
+    params=PARAMS,
     doc_md=__doc__,
     tags=["vlmprobe", "gpu"],
     user_defined_macros={"vlmprobe_run_date": run_date_of_dag_run},
@@ -96,7 +99,8 @@ def vlm_failure_pipeline():
         settings=SETTINGS,
         step="probe",  # CPU and memory per GPU (VLMPROBE_PROBE_*_PER_GPU)
         gpus="{{ params.nproc_per_node }}",
-        pool_slots=PARAM_SPECS["nproc_per_node"]["default"],  # GPUs at the default; pool slots are fixed at parse
+        # GPUs at the deployment's default (VLMPROBE_PARAM_DEFAULTS included); pool slots are fixed at parse
+        pool_slots=PARAMS["nproc_per_node"].value,
         cmds=["vlmprobe"],
         # `vlmprobe probe --nproc_per_node N` starts the torchrun ranks and exits with the failing
         # rank's own code (2 = bad input: not retried), where torchrun would exit 1.

@@ -198,6 +198,7 @@ def test_deployment_param_defaults_and_deadline_from_env(monkeypatch):
     assert not bag.import_errors, bag.import_errors
     d = bag.dags["vlm_failure_pipeline"]
     assert d.params["nproc_per_node"] == 2 and d.params["target_model"] == "/m/tiny"
+    assert d.get_task("probe").pool_slots == 2  # the probe's GPUs at the deployment's default
     assert not d.deadline
 
 
