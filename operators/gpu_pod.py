@@ -103,7 +103,9 @@ class GpuPodOperator(KubernetesPodOperator):
     :param cpu: CPU request and limit of the pod, overriding ``step``'s, e.g. ``"16"``.
     :param memory: memory request and limit of the pod, overriding ``step``'s, e.g. ``"64Gi"``.
     :param preflight: called with the task context before the pod is built, in both modes;
-        any exception fails the task without a retry, with the exception's message.
+        ``AirflowFailException``, ``ValueError`` and ``FileNotFoundError`` fail the task without
+        a retry, with the exception's message; any other exception (a storage timeout) is
+        retried as the task's retries allow.
     """
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "gpus")
@@ -280,10 +282,10 @@ class GpuPodOperator(KubernetesPodOperator):
             return
         try:
             self.preflight(context)
-        except AirflowFailException:
-            raise
-        except Exception as e:
+        except (ValueError, FileNotFoundError) as e:  # deterministic, like a step's exit code 2
             raise AirflowFailException(f"preflight: {e}") from e
+        # AirflowFailException passes as it is; anything else (a storage timeout, a 503) too, and
+        # the task's retry applies
 
     def _step_failure(self, where: str, code: int | None, cause: str | None, reason: str | None = None,
                       fallback: str = "") -> AirflowException:

@@ -169,6 +169,16 @@ def test_preflight_failure_stops_before_any_pod(dag, monkeypatch):
         op.execute(ctx)
 
 
+def test_a_transient_preflight_error_is_left_to_the_retries(dag, monkeypatch):
+    def preflight(context):
+        raise TimeoutError("gs://x: read timed out")
+
+    op, ctx = _cluster_op(dag, preflight=preflight)
+    monkeypatch.setattr(op, "get_or_create_pod", lambda **kw: pytest.fail("a pod was created"))
+    with pytest.raises(TimeoutError, match="read timed out"):  # not AirflowFailException: retried
+        op.execute(ctx)
+
+
 def test_local_settings_do_not_defer(dag):
     op = GpuPodOperator(task_id="t", settings=DeploymentSettings(pod_mode="local"), cmds=["true"])
     assert op.deferrable is False
