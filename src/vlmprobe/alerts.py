@@ -100,14 +100,17 @@ async def alookup_webhook(conn_id: str = ALERTS_CONN_ID) -> str | None:
 
 
 def post_json(url: str, payload: Mapping[str, Any], timeout_s: float = POST_TIMEOUT_S) -> bool:
-    """POST ``payload`` as JSON; True on a 2xx answer. Failures are logged, never raised."""
+    """POST ``payload`` as JSON; True on a 2xx answer. Failures are logged, never raised.
+
+    The URL is a secret (a Slack-style webhook carries its token in the path): no message names it.
+    """
     body = json.dumps(payload, default=str).encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     try:
+        req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             ok = 200 <= resp.status < 300
     except Exception as e:  # an alert must never fail the task it reports on
-        log.warning("alert webhook post failed: %s: %s", type(e).__name__, e)
+        log.warning("alert webhook post failed: %s: %s", type(e).__name__, str(e).replace(url, "<webhook URL>"))
         return False
     if not ok:
         log.warning("alert webhook answered HTTP %s", resp.status)

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import http.server
 import json
+import logging
 import threading
 import types
 
@@ -13,7 +14,7 @@ import pendulum
 import pytest
 
 from vlmprobe.alerts import (FailureWebhook, deadline_alert, deadline_hours, deadline_missed, failure_payload,
-                             webhook_url)
+                             post_json, webhook_url)
 
 CONN_ENV = "AIRFLOW_CONN_VLMPROBE_ALERTS"
 
@@ -123,3 +124,10 @@ def test_failure_payload_without_a_task_instance_still_says_the_run():
                                                                  run_after=pendulum.datetime(2026, 11, 26, 9, tz="UTC"),
                                                                  dag_id="d", run_id="manual__x")})
     assert payload["run_date"] == "2026-11-25" and payload["run_id"] == "manual__x" and payload["task_id"] is None
+
+
+def test_a_malformed_webhook_url_is_logged_without_its_secret_and_never_raised(caplog):
+    url = "hooks.example.com/services/T000/B000/secret-token-42"  # no scheme
+    with caplog.at_level(logging.WARNING, logger="vlmprobe.alerts"):
+        assert post_json(url, {"text": "x"}) is False
+    assert "alert webhook post failed" in caplog.text and "secret-token-42" not in caplog.text
