@@ -134,11 +134,16 @@ def _secrets() -> dict[str, str]:
     values = {"jwt_secret": secrets.token_urlsafe(32), "api_secret_key": secrets.token_urlsafe(32),
               "password": secrets.token_urlsafe(12)}
     STATE.mkdir(parents=True, exist_ok=True)
-    SECRETS_FILE.write_text(json.dumps(values))
-    SECRETS_FILE.chmod(0o600)
-    PASSWORDS_FILE.write_text(json.dumps({USER: values["password"]}) + "\n")
-    PASSWORDS_FILE.chmod(0o600)
+    _write_private(SECRETS_FILE, json.dumps(values))
+    _write_private(PASSWORDS_FILE, json.dumps({USER: values["password"]}) + "\n")
     return values
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read, from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def demo_data() -> tuple[str, str]:
@@ -198,8 +203,9 @@ def airflow_env(sim_url: str, parquet: str, model: str, secret: dict[str, str]) 
         "VLMPROBE_OUTPUT_URI": str(RUNS),
         "VLMPROBE_PARAM_DEFAULTS": json.dumps(defaults),
         "VLMPROBE_GEMINI_BASE_URL": sim_url,
-        # the simulator accepts any key; a cluster reads the real one from a Kubernetes Secret
-        "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY") or "local-simulator-key",
+        # the simulator accepts any key; a real one in the shell is never handed to it (a cluster
+        # reads the real one from a Kubernetes Secret)
+        "GEMINI_API_KEY": "local-simulator-key",
     }
 
 

@@ -247,7 +247,7 @@ def launch_ranks(nproc: int, rank_argv: list[str], debug: bool = False) -> int:
 
 # -- main ----------------------------------------------------------------------------------------
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str], debug: bool) -> int:
+def _run(args: argparse.Namespace, argv: list[str], debug: bool) -> int:
     if args.command == "demo-data":
         from vlmprobe.demo import data as demo_data
 
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     debug = bool(args.debug) or os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
     try:
-        return _run(parser, args, argv, debug)
+        return _run(args, argv, debug)
     except KeyboardInterrupt:
         log.error("vlmprobe %s: interrupted", args.command)
         return 130

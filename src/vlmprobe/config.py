@@ -107,7 +107,7 @@ class QAConfig(StepConfig, TeacherSettings):
     batch_size: int = param("batch_size")
     no_async: bool = param("no_async")
     max_items: int = Field(3, ge=1, le=5, description="QA pairs asked for per failure.")
-    # The target check (issue 9): each QA item put to the target on the shard's device.
+    # The target check: each QA item put to the target on the shard's device.
     target_model: str = param("target_model")
     max_new_tokens: int = param("max_new_tokens")
     qa_target_check: Literal["auto", "on", "off"] = param("qa_target_check")

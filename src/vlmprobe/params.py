@@ -19,15 +19,13 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
         default="/data/input",
         type="string",
         minLength=1,
-        section=DATA,
-        description="Folder of input parquet files (local path, file://, gs:// or s3://), searched recursively.",
+        section=DATA,  # description and pattern: "URI forms" below
     ),
     "output_uri": dict(
         default="/data/output",
         type="string",
         minLength=1,
-        section=DATA,
-        description="Root for outputs; one run writes under {output_uri}/{run_date}/.",
+        section=DATA,  # description and pattern: "URI forms" below
     ),
     "target_model": dict(
         default="llava-hf/llava-1.5-7b-hf",
@@ -135,7 +133,7 @@ PARAM_SPECS: dict[str, dict[str, Any]] = {
         section=QA,
         description="Send QA requests one at a time (for debugging and strict quotas).",
     ),
-    # -- target (issue 9): how the target answers, and whether QA items are put to it --------
+    # -- target: how the target answers, and whether QA items are put to it --------
     "max_new_tokens": dict(
         default=16,
         type="integer",
@@ -268,8 +266,9 @@ def defaults() -> dict[str, Any]:
 
 
 # -- URI forms (running it from Airflow) ------------------------------------------------------------
-# Refused at trigger time by the Params' JSON schema (``pattern``), and again by the preflight
-# and the step configs. A local path must be absolute: the pods and the Airflow side do not
+# Refused at trigger time by the Params' JSON schema (``pattern``), and again by the probe's
+# preflight and the sample_keys and publish tasks (vlmprobe.preflight.check_conf); the step
+# configs, which the CLI also builds by hand, do not check the form. A local path must be absolute: the pods and the Airflow side do not
 # share a working directory. ``input_uri`` may hold ``{run_date}`` (each run reads its own day).
 URI_FORMS = "an absolute local path, file:///…, gs://BUCKET/… or s3://BUCKET/…"
 _URI_START = r"^(/|file:///|gs://[^/{}\s]+|s3://[^/{}\s]+)"

@@ -79,8 +79,9 @@ def main() -> int:
             # Airflow 3.3.2's `dags test` cannot finish a run of a DAG with a DeadlineAlert: off here
             "VLMPROBE_RUN_DEADLINE_HOURS": "0",
             "VLMPROBE_GEMINI_BASE_URL": sim.base_url,
-            # The simulator accepts any key; a real deployment reads it from a Kubernetes Secret.
-            "GEMINI_API_KEY": os.environ.get("GEMINI_API_KEY", "demo-simulator-key"),
+            # The simulator accepts any key; a real one in the shell is never handed to it (a real
+            # deployment reads it from a Kubernetes Secret).
+            "GEMINI_API_KEY": "demo-simulator-key",
         }
         print(f"2/3 Gemini simulator on {sim.base_url}; Airflow on SQLite in {home}", flush=True)
         _run(["airflow", "db", "migrate"], env, out / "airflow-db-migrate.log")
