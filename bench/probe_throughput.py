@@ -234,7 +234,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rows", type=int, help="workload rows (default: 2048)")
-    parser.add_argument("--batch", type=int, help="failure_batch_size (default: 64 on CPU, 256 on CUDA)")
+    parser.add_argument("--batch", type=int, help="failure_batch_size (default: 16 on CPU, 256 on CUDA)")
     parser.add_argument("--concurrency", type=int, help="teacher requests in flight (default 512)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")

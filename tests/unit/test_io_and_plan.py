@@ -8,7 +8,7 @@ import pytest
 
 from vlmprobe.io import JsonlWriter, RunLayout, iter_json_records, iter_jsonl, list_files
 from vlmprobe.io.parquet import image_bytes, iter_rows, read_cells
-from vlmprobe.probe.plan import sample_files, split_for_rank
+from vlmprobe.probe.plan import sample_files
 from vlmprobe.records import failure_key
 
 
@@ -120,15 +120,6 @@ def test_file_sampling_is_seeded_by_run_date(demo_parquet):
     assert sample_files(demo_parquet, 10, seed=0, run_date="2026-11-25") == all_files
     with pytest.raises(FileNotFoundError):
         sample_files(demo_parquet + "-missing", 2, 0, "2026-11-25")
-
-
-def test_split_for_rank_is_contiguous_and_complete():
-    files = [f"f{i}" for i in range(10)]
-    parts = [split_for_rank(files, r, 4) for r in range(4)]
-    assert [len(p) for p in parts] == [3, 3, 2, 2]
-    assert sum(parts, []) == files
-    with pytest.raises(ValueError, match="lower nproc_per_node"):
-        split_for_rank(files[:3], 0, 4)
 
 
 def test_parquet_rows_stream_and_read_back(demo_parquet):

@@ -90,14 +90,6 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def size(uri: str) -> int:
-    fs, path = resolve(uri)
-    info = fs.get_file_info(path)
-    if info.type != pafs.FileType.File:
-        raise FileNotFoundError(f"{uri} is not a file")
-    return info.size
-
-
 def _walk(uri: str) -> Iterator[tuple[str, str, pafs.FileInfo]]:
     """(relative path, URI, info) of every file under ``uri``, hidden ones included."""
     fs, path = resolve(uri)

@@ -156,7 +156,7 @@ class Journal:
     def finished(self) -> Iterator[dict[str, Any]]:
         """The records every writer has made durable so far (earlier attempts', and this one's)."""
         for uri in self.segments():
-            yield from _read_segment(uri)
+            yield from read_segment(uri)
 
     def done_ids(self, field: str = "id") -> set[str]:
         """The ``field`` of every finished record (records without it are left out)."""
@@ -168,14 +168,9 @@ class Journal:
 
 
 def read_segment(uri: str) -> Iterator[dict[str, Any]]:
-    """Records of one segment (a URI from :meth:`Journal.segments`), streamed; a torn last line is dropped.
-
-    For readers that pick segments themselves (e.g. only those of earlier attempts)."""
-    return _read_segment(uri)
-
-
-def _read_segment(uri: str) -> Iterator[dict[str, Any]]:
-    """Records of one segment, streamed; a torn last line (a killed writer's) is dropped."""
+    """Records of one segment (a URI from :meth:`Journal.segments`), streamed; a torn last line (a
+    killed writer's) is dropped. For readers that pick segments themselves (e.g. only those of
+    earlier attempts)."""
     n = 0
     with open_input_stream(uri) as f:
         rest = b""

@@ -40,18 +40,6 @@ def sample_files(input_uri: str, sample_size: int, seed: int, run_date: str) -> 
     return sorted(rng.sample(files, sample_size))
 
 
-def split_for_rank(files: list[str], rank: int, world_size: int) -> list[str]:
-    """The contiguous slice of ``files`` that ``rank`` reads; slices differ in length by at most one."""
-    if world_size > len(files):
-        raise ValueError(
-            f"{world_size} ranks but only {len(files)} parquet file(s) sampled: lower nproc_per_node "
-            f"to {len(files)} or raise parquet_sample_size (or add input files)"
-        )
-    base, extra = divmod(len(files), world_size)
-    start = rank * base + min(rank, extra)
-    return files[start : start + base + (1 if rank < extra else 0)]
-
-
 def balanced_split(weights: Sequence[int], parts: int) -> list[tuple[int, int]]:
     """Cut ``weights`` into ``parts`` contiguous, non-empty slices ``[start, stop)`` of near-equal sums.
 

@@ -150,8 +150,8 @@ class RankProbe:
     Every finished row goes to ``journal`` (:class:`~vlmprobe.probe.resume.ProbeJournal`) as it
     finishes; ``done`` (rows finished by earlier attempts, by file) are skipped before decoding.
     After :meth:`run`: ``input`` (rows read and lost), ``read_errors``, ``counts`` (this
-    attempt's work: ``probed`` rows sent to the target, ``skipped`` rows finished before, and the
-    outcomes of this attempt), ``pipeline_stats``.
+    attempt's work: ``probed`` rows sent to the target, and the outcomes of this attempt; rows
+    finished before are counted from the journal), ``pipeline_stats``.
     """
 
     def __init__(self, cfg: ProbeConfig, rank: int, target, journal: ProbeJournal,
@@ -205,7 +205,6 @@ class RankProbe:
                 # the whole row group was finished before: not even read again
                 self.input.rows_read += u.num_rows
                 self.input.row_groups += 1
-                self.counts["skipped"] += u.num_rows
             else:
                 todo.append(u)
         self.input.files += len({u.uri for u in units} - {u.uri for u in todo})
@@ -215,7 +214,6 @@ class RankProbe:
                 continue
             finished = self.done.get(item.uri)
             if finished and item.row in finished:
-                self.counts["skipped"] += 1
                 continue
             yield item
 

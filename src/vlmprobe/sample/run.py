@@ -236,8 +236,10 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
                     first_bad = first_bad or f"{uri} line {lineno} is {why}"
                     continue
                 if len(line) >= MAX_LINE:
-                    error("bad_record", f"a {len(line)}-byte record; the limit is {MAX_LINE - 1}", file=uri,
-                          line=lineno, id=rec.get("id"), failure_key=rec["failure_key"])
+                    too_long = f"a {len(line)}-byte record; the limit is {MAX_LINE - 1}"
+                    error("bad_record", too_long, file=uri, line=lineno, id=rec.get("id"),
+                          failure_key=rec["failure_key"])
+                    first_bad = first_bad or f"{uri} line {lineno} is {too_long}"
                     continue
                 key = rec["failure_key"]
                 sampler.add(key, identity_hash(seed_key, key, rec.get("image"), rec.get("id")), line_hash(line),

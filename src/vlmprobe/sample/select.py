@@ -34,7 +34,6 @@ from vlmprobe.records import key_category
 # word 2: length (24) | estimated tokens (20) | duplicates (20)
 MAX_FILES, MAX_OFFSET, MAX_LINE = 1 << 16, 1 << 40, 1 << 24
 MAX_TOKENS, MAX_DUPS = (1 << 20) - 1, (1 << 20) - 1
-HASH_BITS = 48
 
 
 def identity_hash(seed_key: bytes, failure_key: str, image: object, record_id: object) -> int:
@@ -67,14 +66,6 @@ class Candidate:
     def unpack(cls, w0: int, w1: int, w2: int) -> Candidate:
         return cls(w0 >> 16, w1 >> 48, (w1 >> 2) & (MAX_OFFSET - 1), w2 >> 40, (w2 >> 20) & MAX_TOKENS, w1 & 3,
                    w2 & MAX_DUPS)
-
-
-def pack(h: int, tb: int, file: int, offset: int, length: int, tokens: int = 0, mode: int = 0,
-         dups: int = 0) -> tuple[int, int, int]:
-    if not (file < MAX_FILES and offset < MAX_OFFSET and length < MAX_LINE):
-        raise ValueError(f"record out of range: file #{file}, offset {offset}, {length} bytes")
-    return ((h << 16) | (tb & 0xFFFF), (file << 48) | (offset << 2) | (mode & 3),
-            (length << 40) | (min(tokens, MAX_TOKENS) << 20) | min(dups, MAX_DUPS))
 
 
 class _Key:
@@ -117,7 +108,7 @@ class KeySampler:
         if not (file < MAX_FILES and offset < MAX_OFFSET and length < MAX_LINE):
             raise ValueError(f"record out of range: file #{file}, offset {offset}, {length} bytes")
         words = state.words
-        words.append((h << 16) | (tb & 0xFFFF))  # as pack() does, inline: this runs once per record
+        words.append((h << 16) | (tb & 0xFFFF))  # the three words of the layout above
         words.append((file << 48) | (offset << 2) | (mode & 3))
         words.append((length << 40) | (min(tokens, MAX_TOKENS) << 20))
         if len(words) > self._limit:

@@ -54,8 +54,8 @@ def check_answers(
 ) -> list[CheckedAnswer]:
     """Ask ``target`` every item, ``batch_size`` at a time, and judge each answer; in order.
 
-    Items about the same image should pass the same PIL object (or sit in the same batch with
-    equal bytes via ``target.answer(..., image_keys=...)``): the target then encodes it once.
+    Items about the same image should pass the same PIL object: the target then encodes it once
+    per batch.
     Raises what the target raises; the caller decides whether a failed batch is an error row.
     """
     if not len(images) == len(questions) == len(answers) == len(choices):

@@ -63,10 +63,6 @@ class PackedChoices:
     spans: list[list[tuple[int, int]]] = field(default_factory=list)
     options: list[list[list[int]]] = field(default_factory=list)
 
-    @property
-    def width(self) -> int:
-        return len(self.input_ids[0]) if self.input_ids else 0
-
 
 def pack(prompts: list[list[int]], options: list[list[list[int]]], pad_id: int) -> PackedChoices:
     """Lay out each row as ``[left pad][prompt][option 1][option 2]…[right pad]``.

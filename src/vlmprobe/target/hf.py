@@ -11,8 +11,8 @@ The work of one batch is split in two so that a pipeline can overlap them:
   one batched greedy ``generate`` for the open rows, which stops at EOS per row or after
   ``max_new_tokens``.
 
-:meth:`LlavaTarget.answer` does both. Rows that share an image (the same bytes, or the same
-``image_keys`` entry) share its vision tokens: the projected features are computed once and
+:meth:`LlavaTarget.answer` does both. Rows that share an image (the same PIL object, or the same
+``image_keys`` entry: the probe passes the image's bytes) share its vision tokens: the projected features are computed once and
 handed to the language model through ``mm_encoder_outputs``.
 
 On CUDA the model loads straight onto its GPU (``device_map``), in bfloat16 with SDPA
@@ -88,10 +88,6 @@ class PreparedBatch:
     open_rows: list[int] = field(default_factory=list)
     open_input_ids: torch.Tensor | None = None
     open_attention_mask: torch.Tensor | None = None
-
-    @property
-    def distinct_images(self) -> int:
-        return 0 if self.pixel_values is None else int(self.pixel_values.shape[0])
 
 
 class LlavaTarget:
@@ -413,7 +409,7 @@ class LlavaTarget:
                 out[row] = lp
         return out
 
-    # Kept for callers that want the processor's view of a batch (tests, debugging).
+    # The processor's view of a batch, as ``generate`` would take it (tests check the padding).
     def encode(self, images: list[Image.Image], questions: list[str], choices: list[list[str] | None]):
         """Processor inputs for one batch as ``generate`` would take them (a ``BatchFeature`` on the device)."""
         if not len(images) == len(questions) == len(choices):
