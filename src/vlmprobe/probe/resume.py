@@ -255,10 +255,14 @@ class ProbeJournal:
                 record = err.record("probe", **where)
                 errors.write(record)
                 tally.add_read_error(record)
-            # first the done entries (earlier attempts, then this one), one per row
+            # One read of each segment (earlier attempts, then this one): a row's first done entry
+            # is written; rows with only not-done entries get this attempt's error row, else an
+            # earlier one (the later attempt's replaces the earlier in ``pending``; they are few).
+            pending: dict[tuple[str, int], tuple[dict[str, Any], bool]] = {}
             for segments, resumed in ((self.prior, True), (own, False)):
                 for entry in self._entries(segments, lost):
                     if not entry.get("done", True):
+                        pending[(entry["uri"], entry["row"])] = (entry, resumed)
                         continue
                     rows = done.setdefault(entry["uri"], set())
                     if entry["row"] in rows:
@@ -266,13 +270,8 @@ class ProbeJournal:
                     rows.add(entry["row"])
                     self._write(entry, failures, errors)
                     tally.add(entry, resumed)
-            # then rows with only not-done entries: this attempt's error row, else an earlier one
-            for segments, resumed in ((own, False), (self.prior, True)):
-                for entry in self._entries(segments, lost):
-                    rows = done.setdefault(entry["uri"], set())
-                    if entry.get("done", True) or entry["row"] in rows:
-                        continue
-                    rows.add(entry["row"])
+            for (uri, row), (entry, resumed) in pending.items():
+                if row not in done.get(uri, ()):
                     self._write(entry, failures, errors)
                     tally.add(entry, resumed)
         return tally
