@@ -17,7 +17,7 @@ import tempfile
 import time
 
 from vlmprobe.demo.data import build_tiny_llava, draw_scene, iter_demo_examples
-from vlmprobe.target import load_target
+from vlmprobe.vlm import load_target
 
 N_IMAGES = 96
 

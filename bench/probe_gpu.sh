@@ -62,7 +62,7 @@ fi
 "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation -e . \
   || { echo "could not install vlmprobe"; exit 1; }
 "$PYTHON" - <<'EOF' || exit 1
-import torch, transformers, pydantic, google.genai, vlmprobe.target.hf  # noqa: F401
+import torch, transformers, pydantic, google.genai, vlmprobe.vlm.llava  # noqa: F401
 print(f"torch {torch.__version__} (CUDA {torch.version.cuda}), transformers {transformers.__version__}, "
       f"{torch.cuda.device_count()} GPU(s): {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")
 assert torch.cuda.is_available(), "no CUDA GPU visible"

@@ -80,7 +80,7 @@ def gemini_sim(latency_ms: float):
 
 
 def build_target(device: str, tmp: str):
-    from vlmprobe.target.hf import LlavaTarget
+    from vlmprobe.vlm.llava import LlavaTarget
 
     if device == "cpu":
         from vlmprobe.demo.data import build_tiny_llava
@@ -123,7 +123,7 @@ def per_image_run(target, files: list[str], out: str, rows: int) -> dict:
     from vlmprobe.probe.plan import plan_work
     from vlmprobe.probe.resume import ProbeJournal, fingerprint_settings
     from vlmprobe.probe.run import RankProbe, to_example
-    from vlmprobe.target.answers import is_correct
+    from vlmprobe.vlm.answers import is_correct
     from vlmprobe.teacher.factory import make_teacher
 
     cfg = ProbeConfig(input_uri=os.path.dirname(files[0]), output_uri=out, run_date=RUN_DATE,
@@ -157,7 +157,7 @@ def choice_scoring(target, files: list[str], rows: int, batch: int, sync, rounds
     """Rows/s of the scorer and of generate on the same multiple-choice rows, batched alike."""
     from vlmprobe.io.parquet import iter_rows
     from vlmprobe.probe.run import to_example
-    from vlmprobe.target.answers import match_choice
+    from vlmprobe.vlm.answers import match_choice
 
     examples = []
     for uri in files:

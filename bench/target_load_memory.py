@@ -57,7 +57,7 @@ def _measure(way: str, model_dir: str, device: str) -> dict:
     sampler.start()
     started = time.perf_counter()
     if way == "device_map":
-        from vlmprobe.target import load_target
+        from vlmprobe.vlm import load_target
 
         target = load_target(model_dir, device=device)
         model = target.model

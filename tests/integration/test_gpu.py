@@ -20,7 +20,7 @@ def demo_rows():
 
 
 def test_cuda_target_loads_onto_its_gpu_in_bf16_with_sdpa(tiny_llava, demo_rows):
-    from vlmprobe.target import load_target
+    from vlmprobe.vlm import load_target
 
     target = load_target(tiny_llava, device="cuda:0", max_new_tokens=8)
     assert target.device == "cuda:0" and target.dtype == torch.bfloat16
@@ -37,7 +37,7 @@ def test_cuda_target_loads_onto_its_gpu_in_bf16_with_sdpa(tiny_llava, demo_rows)
 
 
 def test_rows_sharing_an_image_on_cuda(tiny_llava, demo_rows):
-    from vlmprobe.target import load_target
+    from vlmprobe.vlm import load_target
 
     target = load_target(tiny_llava, device="cuda:0", max_new_tokens=8, dtype="float32")
     images, questions, choices = (x[:5] for x in demo_rows)
@@ -52,8 +52,8 @@ def test_rows_sharing_an_image_on_cuda(tiny_llava, demo_rows):
 
 @pytest.mark.parametrize("dtype, min_agreement", [("float32", 1.0), ("bfloat16", 0.9)])
 def test_choice_scorer_agrees_with_generate_on_cuda(answering_llava, demo_rows, dtype, min_agreement):
-    from vlmprobe.target import load_target
-    from vlmprobe.target.answers import match_choice
+    from vlmprobe.vlm import load_target
+    from vlmprobe.vlm.answers import match_choice
 
     images, questions, choices = demo_rows
     generated = load_target(answering_llava, device="cuda:0", dtype=dtype, choice_mode="generate").answer(

@@ -1,6 +1,6 @@
 import pytest
 
-from vlmprobe.target.answers import is_correct, match_choice, normalize_answer
+from vlmprobe.vlm.answers import is_correct, match_choice, normalize_answer
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from vlmprobe.demo.data import draw_scene, iter_demo_examples
-from vlmprobe.target.answers import match_choice
-from vlmprobe.target.choice import attention_mask, option_token_ids, pack, pick_option
-from vlmprobe.target.hf import LlavaTarget
+from vlmprobe.vlm.answers import match_choice
+from vlmprobe.vlm.choice import attention_mask, option_token_ids, pack, pick_option
+from vlmprobe.vlm.llava import LlavaTarget
 
 
 def test_pack_lays_options_after_a_shared_prompt():

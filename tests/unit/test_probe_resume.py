@@ -104,7 +104,7 @@ def test_a_journal_made_with_other_settings_is_discarded(tmp_path, demo_parquet,
 
 def test_a_target_failing_on_a_batch_of_one_is_an_error_row_retried_by_a_rerun(tmp_path, demo_parquet, tiny_llava,
                                                                                monkeypatch):
-    import vlmprobe.target as target_mod
+    import vlmprobe.vlm as target_mod
 
     bad_image = pq.read_table(f"{demo_parquet}/part-00001.parquet").column("image")[3].as_py()["bytes"]
     real_load = target_mod.load_target

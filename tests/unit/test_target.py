@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vlmprobe.demo.data import build_tiny_llava, draw_scene, iter_demo_examples
-from vlmprobe.target import TargetLoadError, build_prompt_text, load_target
+from vlmprobe.vlm import TargetLoadError, build_prompt_text, load_target
 
 QUESTIONS = [
     "What color is the circle?",
@@ -96,7 +96,7 @@ def test_build_prompt_text():
 
 
 def test_importing_target_does_not_import_torch():
-    code = "import sys, vlmprobe.target, vlmprobe.target.answers; assert 'torch' not in sys.modules"
+    code = "import sys, vlmprobe.vlm, vlmprobe.vlm.answers; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -222,7 +222,7 @@ def test_the_model_loads_straight_onto_its_device(tiny_llava, monkeypatch):
 
 
 def test_unknown_choice_mode_is_refused(tiny_llava):
-    from vlmprobe.target.hf import LlavaTarget
+    from vlmprobe.vlm.llava import LlavaTarget
 
     with pytest.raises(ValueError, match="choice_mode"):
         LlavaTarget(tiny_llava, device="cpu", choice_mode="vote")

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vlmprobe.target.check import CheckedAnswer, check_answers, target_check_enabled
+from vlmprobe.vlm.check import CheckedAnswer, check_answers, target_check_enabled
 
 
 def test_modes():
@@ -21,7 +21,7 @@ def test_modes():
 
 
 def test_importing_the_check_does_not_import_torch():
-    code = "import sys, vlmprobe.target.check; assert 'torch' not in sys.modules"
+    code = "import sys, vlmprobe.vlm.check; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -53,7 +53,7 @@ def test_items_are_asked_in_batches_and_judged():
 
 def test_with_the_tiny_llava(tiny_llava):
     from vlmprobe.demo.data import draw_scene, iter_demo_examples
-    from vlmprobe.target import load_target
+    from vlmprobe.vlm import load_target
 
     rows = list(iter_demo_examples(1, 6, seed=2))
     target = load_target(tiny_llava, device="cpu", max_new_tokens=4)

@@ -184,7 +184,7 @@ def _build_tokenizer(vocab_size: int = 512):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from vlmprobe.target import build_prompt_text
+    from vlmprobe.vlm import build_prompt_text
 
     corpus = [
         "USER: What is shown in this image? ASSISTANT: A red circle on the left.",
@@ -315,7 +315,7 @@ def train_tiny_llava(model_dir: str, *, steps: int = 100, batch: int = 32, seed:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from vlmprobe.target import build_prompt_text
+    from vlmprobe.vlm import build_prompt_text
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -374,7 +374,7 @@ class RankProbe:
         that backlog is full the device stops after one more batch, and the wait is counted
         (``teacher_wait_s``).
         """
-        from vlmprobe.target.answers import is_correct
+        from vlmprobe.vlm.answers import is_correct
 
         room = asyncio.Semaphore(max(4 * self.concurrency, self.cfg.failure_batch_size))
         in_flight: set[asyncio.Task] = set()
@@ -465,7 +465,7 @@ def _start(cfg: ProbeConfig, layout: RunLayout, settings: dict[str, Any], world_
 
 def run_rank(cfg: ProbeConfig, ranks: Ranks) -> dict[str, Any] | None:
     """One rank of step 1 (see the module docstring); rank 0 returns the summary, others None."""
-    from vlmprobe.target import load_target
+    from vlmprobe.vlm import load_target
 
     started_at = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()

@@ -107,7 +107,7 @@ def check_mode(cfg: QAConfig) -> bool:
     ``on`` without torch/transformers installed (the ``qa`` extra has neither) and
     ``qa_keep=target_failed`` without the check are refused before anything is written.
     """
-    from vlmprobe.target.check import target_check_enabled
+    from vlmprobe.vlm.check import target_check_enabled
 
     missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
     if cfg.qa_target_check == "on" and missing:
@@ -128,7 +128,7 @@ class TargetCheck:
 
     :meth:`submit` queues one failure's items (all about one image, decoded once: the target
     encodes it once); full batches start at once, :meth:`finish` runs the rest and waits.
-    ``results[(seq, j)]`` is the :class:`~vlmprobe.target.check.CheckedAnswer` of item ``j`` of
+    ``results[(seq, j)]`` is the :class:`~vlmprobe.vlm.check.CheckedAnswer` of item ``j`` of
     failure ``seq``, or None when the target failed on that item alone.
     """
 
@@ -155,7 +155,7 @@ class TargetCheck:
 
     def _check(self, batch: list) -> None:
         """Device thread: one batch; when it fails, each item alone (one bad item is one unknown answer)."""
-        from vlmprobe.target.check import check_answers
+        from vlmprobe.vlm.check import check_answers
 
         started = time.perf_counter()
 
@@ -431,7 +431,7 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
 
     check: TargetCheck | None = None
     if checking:
-        from vlmprobe.target import load_target
+        from vlmprobe.vlm import load_target
 
         target = load_target(cfg.target_model, max_new_tokens=cfg.max_new_tokens)  # before any Gemini request
         check = TargetCheck(target)

@@ -4,7 +4,7 @@ The work of one batch is split in two so that a pipeline can overlap them:
 
 - :meth:`LlavaTarget.prepare` (CPU, thread-safe, meant for background workers): resize and
   normalise each *distinct* image once, build the prompts, tokenise them and lay out the
-  multiple-choice rows (:mod:`vlmprobe.target.choice`). Returns a :class:`PreparedBatch` of CPU
+  multiple-choice rows (:mod:`vlmprobe.vlm.choice`). Returns a :class:`PreparedBatch` of CPU
   tensors (pinned when the model is on CUDA).
 - :meth:`LlavaTarget.run` (the device; call it from one thread): the vision tower once per
   distinct image, then one forward pass for the rows with choices (option log-likelihoods) and
@@ -32,8 +32,8 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging as hf_logging
 
-from vlmprobe.target import TargetLoadError, build_prompt_text
-from vlmprobe.target import choice as choice_layout
+from vlmprobe.vlm import TargetLoadError, build_prompt_text
+from vlmprobe.vlm import choice as choice_layout
 
 if TYPE_CHECKING:
     from collections.abc import Hashable

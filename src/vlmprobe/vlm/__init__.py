@@ -2,10 +2,10 @@
 
 ``load_target(spec)`` picks the backend from the spec:
 
-- a local folder or a Hugging Face hub id -> :class:`vlmprobe.target.hf.LlavaTarget`
+- a local folder or a Hugging Face hub id -> :class:`vlmprobe.vlm.llava.LlavaTarget`
   (transformers, in process: rows with choices scored by option log-likelihood in one forward
   pass, open rows by batched greedy ``generate``; rows sharing an image encode it once);
-- ``openai:http://HOST:PORT/v1#MODEL`` -> :class:`vlmprobe.target.openai_server.OpenAICompatibleTarget`
+- ``openai:http://HOST:PORT/v1#MODEL`` -> :class:`vlmprobe.vlm.openai_backend.OpenAICompatibleTarget`
   (chat completions against an OpenAI-compatible server such as vLLM).
 
 Importing this package is cheap: torch and transformers load only when a backend is built.
@@ -29,7 +29,7 @@ class Target(Protocol):
     """What the probe and the QA target check need from a backend.
 
     ``answer`` returns one answer per row; for a row with choices an in-process target returns
-    the picked option exactly as given. Judge it with :func:`vlmprobe.target.answers.is_correct`.
+    the picked option exactly as given. Judge it with :func:`vlmprobe.vlm.answers.is_correct`.
     In-process backends also split the work as ``prepare(images, questions, choices,
     image_keys)`` (CPU, any thread) and ``run(prepared)`` (the device, one thread), which
     :mod:`vlmprobe.probe.pipeline` overlaps; a backend without them is called through ``answer``.
@@ -71,10 +71,10 @@ def load_target(
     in-process models only; a server backend always generates.
     """
     if spec.startswith(OPENAI_PREFIX):
-        from vlmprobe.target.openai_server import OpenAICompatibleTarget
+        from vlmprobe.vlm.openai_backend import OpenAICompatibleTarget
 
         return OpenAICompatibleTarget.from_spec(spec, max_new_tokens=max_new_tokens)
-    from vlmprobe.target.hf import LlavaTarget
+    from vlmprobe.vlm.llava import LlavaTarget
 
     return LlavaTarget(spec, device=device, max_new_tokens=max_new_tokens, dtype=dtype, choice_mode=choice_mode)
 

@@ -2,7 +2,7 @@
 
 The QA step (:mod:`vlmprobe.qa.run`) puts a shard's generated items to the target in batches on
 the shard's GPU when it has one (:func:`target_check_enabled`). Rows with
-choices are scored by option log-likelihood, open rows generated (see :mod:`vlmprobe.target.hf`).
+choices are scored by option log-likelihood, open rows generated (see :mod:`vlmprobe.vlm.llava`).
 Importing this module does not import torch.
 """
 
@@ -12,12 +12,12 @@ import importlib.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from vlmprobe.target.answers import is_correct
+from vlmprobe.vlm.answers import is_correct
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from vlmprobe.target import Target
+    from vlmprobe.vlm import Target
 
 MODES = ("auto", "on", "off")
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from vlmprobe.target import OPENAI_PREFIX, build_prompt_text
+from vlmprobe.vlm import OPENAI_PREFIX, build_prompt_text
 
 if TYPE_CHECKING:
     from PIL import Image
