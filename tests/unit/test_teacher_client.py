@@ -13,7 +13,9 @@ from google.genai import errors
 from pydantic import BaseModel, Field
 
 from vlmprobe.sim import GeminiSimulator
-from vlmprobe.teacher.client import RetryPolicy, Teacher, TeacherError, TeacherResult
+from vlmprobe.teacher.client import Teacher
+from vlmprobe.teacher.results import TeacherError, TeacherResult
+from vlmprobe.teacher.retry import RetryPolicy
 
 MODEL = "gemini-sim-flash"
 SECRET = "sk-teacher-test-secret-7731"
@@ -321,7 +323,7 @@ def test_a_daily_quota_429_raises_quota_exhausted_with_the_pacific_reset():
 
 
 def test_the_circuit_breaker_stops_a_step_whose_requests_keep_failing():
-    from vlmprobe.teacher.client import TeacherCircuitOpen
+    from vlmprobe.teacher.results import TeacherCircuitOpen
 
     async def run(sim: GeminiSimulator) -> list:
         retry = RetryPolicy(window_s=0.05, base_delay=0.01, jitter=0.0)
