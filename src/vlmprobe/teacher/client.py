@@ -37,7 +37,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import collections
 import copy
 import logging
 import math
@@ -58,8 +57,10 @@ from vlmprobe.teacher.flow import AdaptiveConcurrency
 from vlmprobe.teacher.imageprep import image_tokens, prepare_image, text_tokens
 from vlmprobe.teacher.quota import QuotaLimits, RunQuota
 from vlmprobe.teacher.request import DEFAULT_MAX_OUTPUT_TOKENS, generation_config, http_options, thinking_budget_for
-from vlmprobe.teacher.results import Schema, TeacherCircuitOpen, TeacherError, TeacherResult, one_line, redact
-from vlmprobe.teacher.retry import RetryPolicy, classify, daily_quota_error, unusable_error
+from vlmprobe.teacher.results import Schema, TeacherError, TeacherResult, one_line, redact
+from vlmprobe.teacher.retry import (
+    CircuitBreaker, RequestRetries, RetryPolicy, classify, daily_quota_error, unusable_error,
+)
 from vlmprobe.teacher.usage import Ledger, Usage, usage_of
 
 try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
@@ -152,7 +153,7 @@ class Teacher:
         self._paused_s = 0.0
         self._stopped: BaseException | None = None  # the fatal error every call raises from now on
         self._stop_event: asyncio.Event | None = None
-        self._recent: collections.deque[str | None] = collections.deque(maxlen=breaker_window)
+        self._breaker = CircuitBreaker(breaker_window, breaker_ratio)
         self._rng = random.Random()
         self._requests = 0
         self._retries = 0
@@ -257,13 +258,9 @@ class Teacher:
 
     def _record_outcome(self, failure: str | None) -> None:
         """Feed the circuit breaker one finished request: None for a success."""
-        self._recent.append(failure)
-        failed = [r for r in self._recent if r is not None]
-        if len(self._recent) == self.breaker_window and len(failed) > self.breaker_ratio * self.breaker_window:
-            reason, count = Counter(failed).most_common(1)[0]
-            raise self._stop(TeacherCircuitOpen(
-                f"the teacher is failing: {len(failed)} of the last {self.breaker_window} requests failed "
-                f"after their retries, mostly {reason} ({count}); stopping the step"))
+        opened = self._breaker.record(failure)
+        if opened is not None:
+            raise self._stop(opened)
 
     # -- pacing -------------------------------------------------------------------------------
     def _apply_auto_concurrency(self) -> None:
@@ -381,16 +378,14 @@ class Teacher:
         config = generation_config(schema, temperature, max_output, self.thinking_budget)
         usage = Usage()
         attempt = 0
-        deadline = math.inf
-        bad_outputs = 0
-        grown = False
+        retries = RequestRetries(self.retry)
         while True:
             attempt += 1
             response = None
             async with self._flow.slot():
                 await self._wait_for_turn(estimate)
                 if attempt == 1:
-                    deadline = time.monotonic() + self.retry.window_s
+                    retries.start()
                 self._requests += 1
                 self.quota.count_request()
                 sent = time.monotonic()
@@ -436,18 +431,10 @@ class Teacher:
                     logger.info("Gemini %s rate limit (429): new requests wait %.2f s; concurrency limit now %d",
                                 self.model, decision.delay, self._flow.limit)
             counted = classified.kind != "final"
-            retry = decision.retry
-            if classified.kind == "bad_output":
-                bad_outputs += 1
-                retry = retry and bad_outputs < self.retry.max_bad_outputs
-            if classified.kind == "max_tokens":
-                retry = retry and not grown
-                if retry:
-                    grown = True
-                    current = config.max_output_tokens or 2 * max(spent.output_tokens, 512)
-                    config = config.model_copy(update={"max_output_tokens": 2 * current})
-            if retry and time.monotonic() + decision.delay > deadline:
-                retry = False  # the request's retry window would end before the next attempt
+            retry = retries.again(classified.kind, decision)
+            if retry and classified.kind == "max_tokens":
+                current = config.max_output_tokens or 2 * max(spent.output_tokens, 512)
+                config = config.model_copy(update={"max_output_tokens": 2 * current})
             if not retry:
                 raise self._give_up(decision.reason, attempt, str(error), usage, counted) from error
             self._retries += 1

@@ -26,17 +26,20 @@ bad JSON or schema mismatch, other finishes   retried, at most ``max_bad_outputs
 ============================================  =================================================
 
 A request's retries are bounded by time (``RetryPolicy.window_s`` from its first send), not by
-a count. What the server says is read from the error body's ``details`` (google.rpc RetryInfo,
-QuotaFailure, ErrorInfo), then the Retry-After header, then the message. The pauses, the
-concurrency and the circuit breaker that act on these verdicts are the client's
-(:class:`~vlmprobe.teacher.client.Teacher`).
+a count (:class:`RequestRetries`). A :class:`CircuitBreaker` says when to stop the step: most of
+the last requests failed after their retries for reasons waiting could have fixed. What the
+server says is read from the error body's ``details`` (google.rpc RetryInfo, QuotaFailure,
+ErrorInfo), then the Retry-After header, then the message. The pauses, the concurrency and the
+stop that act on these verdicts are the client's (:class:`~vlmprobe.teacher.client.Teacher`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
 import json
+import math
 import random
 import re
 import ssl
@@ -50,7 +53,7 @@ from google.genai import errors
 from vlmprobe.errors import QuotaExhausted, TeacherUnusable
 from vlmprobe.teacher.answers import RejectedOutput
 from vlmprobe.teacher.quota import next_pacific_midnight
-from vlmprobe.teacher.results import Kind, one_line, redact
+from vlmprobe.teacher.results import Kind, TeacherCircuitOpen, one_line, redact
 
 try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
     import aiohttp
@@ -157,6 +160,57 @@ class RetryPolicy:
             return RetryDecision(classified.reason, True, 0.0)
         delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1)) * (1 - spread)
         return RetryDecision(classified.reason, True, delay)
+
+
+class RequestRetries:
+    """One request's retries under ``policy``: its time window from the first send, its unusable
+    answers (at most ``max_bad_outputs``) and its one retry with a larger max_output_tokens."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+        self.deadline = math.inf
+        self.bad_outputs = 0
+        self.grown = False
+
+    def start(self) -> None:
+        """The first attempt is being sent: the retry window starts now."""
+        self.deadline = time.monotonic() + self.policy.window_s
+
+    def again(self, kind: Kind, decision: RetryDecision) -> bool:
+        """Whether the request tries again after a failed attempt of ``kind`` that ``decision``
+        judged; a ``max_tokens`` retry that this allows must double max_output_tokens."""
+        retry = decision.retry
+        if kind == "bad_output":
+            self.bad_outputs += 1
+            retry = retry and self.bad_outputs < self.policy.max_bad_outputs
+        if kind == "max_tokens":
+            retry = retry and not self.grown
+            self.grown = self.grown or retry
+        if retry and time.monotonic() + decision.delay > self.deadline:
+            retry = False  # the request's retry window would end before the next attempt
+        return retry
+
+
+class CircuitBreaker:
+    """Opens when more than ``ratio`` of the last ``window`` finished requests failed after their
+    retries (content verdicts and the budget are not fed to it: they are error rows)."""
+
+    def __init__(self, window: int, ratio: float) -> None:
+        self.window = window
+        self.ratio = ratio
+        self._recent: collections.deque[str | None] = collections.deque(maxlen=window)
+
+    def record(self, failure: str | None) -> TeacherCircuitOpen | None:
+        """One finished request (its failure reason; None for a success); the error to stop the
+        step with once the breaker opens, else None."""
+        self._recent.append(failure)
+        failed = [r for r in self._recent if r is not None]
+        if len(self._recent) == self.window and len(failed) > self.ratio * self.window:
+            reason, count = collections.Counter(failed).most_common(1)[0]
+            return TeacherCircuitOpen(
+                f"the teacher is failing: {len(failed)} of the last {self.window} requests failed "
+                f"after their retries, mostly {reason} ({count}); stopping the step")
+        return None
 
 
 def classify(error: BaseException) -> Classified | None:
