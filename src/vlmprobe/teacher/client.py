@@ -5,8 +5,8 @@ schema. Before a request goes out it waits, in this order, for: a slot of the pr
 adaptive concurrency (:class:`~vlmprobe.teacher.flow.AdaptiveConcurrency`), the end of any
 rate-limit pause, the process's share of the run-wide daily quota, the ``request_delay``
 spacing, and its share of the per-minute request and token quotas
-(:mod:`vlmprobe.teacher.quota`). Images are downscaled first
-(:mod:`vlmprobe.teacher.imageprep`); the request's config is :mod:`vlmprobe.teacher.request`'s.
+(:mod:`vlmprobe.teacher.quota`). What it sends (the contents, images downscaled first, and the
+config) is built by :mod:`vlmprobe.teacher.request`.
 
 Every failed attempt, and every 200 answer that cannot be used
 (:mod:`vlmprobe.teacher.answers`), is classified by :mod:`vlmprobe.teacher.retry`, whose table
@@ -49,14 +49,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google import genai
-from google.genai import errors, types
+from google.genai import errors
 
 from vlmprobe.errors import QuotaExhausted
 from vlmprobe.teacher.answers import RejectedOutput, parsed_or_reject
 from vlmprobe.teacher.flow import AdaptiveConcurrency
-from vlmprobe.teacher.imageprep import image_tokens, prepare_image, text_tokens
 from vlmprobe.teacher.quota import QuotaLimits, RunQuota
-from vlmprobe.teacher.request import DEFAULT_MAX_OUTPUT_TOKENS, generation_config, http_options, thinking_budget_for
+from vlmprobe.teacher.request import (
+    DEFAULT_MAX_OUTPUT_TOKENS, contents_of, generation_config, http_options, thinking_budget_for,
+)
 from vlmprobe.teacher.results import Schema, TeacherError, TeacherResult, one_line, redact
 from vlmprobe.teacher.retry import (
     CircuitBreaker, RequestRetries, RetryPolicy, classify, daily_quota_error, unusable_error,
@@ -313,22 +314,6 @@ class Teacher:
             self._next_start = now + self.request_delay
 
     # -- one request --------------------------------------------------------------------------
-    async def _image_parts(self, images: Sequence[tuple[bytes, str]]) -> tuple[list[Any], int]:
-        parts, tokens = [], 0
-        for data, mime in images:
-            if mime.startswith("image/") and self.image_max_side > 0:
-                try:
-                    prepared = await asyncio.to_thread(prepare_image, data, mime, self.image_max_side)
-                except ValueError as e:  # let Gemini judge it: a 400 becomes this record's error row
-                    logger.debug("sending an image as it is: %s", e)
-                else:
-                    parts.append(types.Part.from_bytes(data=prepared.data, mime_type=prepared.mime))
-                    tokens += prepared.tokens
-                    continue
-            parts.append(types.Part.from_bytes(data=data, mime_type=mime))
-            tokens += image_tokens(1, 1)
-        return parts, tokens
-
     def _spend(self, usage: Usage) -> None:
         cost = self._ledger.add(usage)
         if cost is None and self.limits.max_cost_usd and not self._unpriced_warned:
@@ -371,9 +356,9 @@ class Teacher:
             raise TeacherError("budget_reached", 0, (
                 f"the run's teacher budget is spent: estimated ${self.quota.spent_usd():.4f} of "
                 f"max_cost_usd={self.limits.max_cost_usd:g}"))
-        image_parts, image_token_count = await self._image_parts(images)
-        contents = [*image_parts, types.Part.from_text(text=prompt)]
-        estimate = text_tokens(prompt) + image_token_count
+        contents = await contents_of(prompt, images, self.image_max_side)
+        for problem in contents.sent_as_is:
+            logger.debug("sending an image as it is: %s", problem)
         max_output = max_output_tokens or (self.max_output_tokens.get(kind) if kind else None)
         config = generation_config(schema, temperature, max_output, self.thinking_budget)
         usage = Usage()
@@ -383,7 +368,7 @@ class Teacher:
             attempt += 1
             response = None
             async with self._flow.slot():
-                await self._wait_for_turn(estimate)
+                await self._wait_for_turn(contents.tokens)
                 if attempt == 1:
                     retries.start()
                 self._requests += 1
@@ -391,7 +376,7 @@ class Teacher:
                 sent = time.monotonic()
                 try:
                     response = await self._client.aio.models.generate_content(
-                        model=self.model, contents=contents, config=config
+                        model=self.model, contents=contents.parts, config=config
                     )
                     error: BaseException | None = None
                 except Exception as e:

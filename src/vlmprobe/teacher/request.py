@@ -1,4 +1,7 @@
-"""What a teacher request asks Gemini for: the HTTP options and the generation config.
+"""What a teacher request asks Gemini for: its contents, the HTTP options and the generation config.
+
+The contents are the images (downscaled first, :mod:`vlmprobe.teacher.imageprep`) and then the
+prompt, with an estimate of their prompt tokens for the per-minute token quota.
 
 The config asks for JSON of a pydantic schema (:func:`~vlmprobe.teacher.answers.response_schema`)
 and bounds the bill: ``thinking_budget`` (0 by default: no thinking where the model allows it;
@@ -9,14 +12,47 @@ and bounds the bill: ``thinking_budget`` (0 by default: no thinking where the mo
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.genai import types
 from pydantic import BaseModel
 
 from vlmprobe.teacher.answers import response_schema
+from vlmprobe.teacher.imageprep import image_tokens, prepare_image, text_tokens
 
 DEFAULT_MAX_OUTPUT_TOKENS: dict[str, int] = {"factor": 1024, "verify": 512, "qa": 2048}
+
+
+@dataclass
+class Contents:
+    """A request's parts (images first, then the prompt) and their estimated prompt tokens;
+    ``sent_as_is`` says why an image could not be prepared (it goes as it is: Gemini judges it)."""
+
+    parts: list[Any]
+    tokens: int
+    sent_as_is: list[str] = field(default_factory=list)
+
+
+async def contents_of(prompt: str, images: Sequence[tuple[bytes, str]], image_max_side: int) -> Contents:
+    """The contents for ``prompt`` about ``images`` ((bytes, mime) pairs), each image downscaled
+    to ``image_max_side`` (0: as it is) in a worker thread."""
+    parts, tokens, sent_as_is = [], 0, []
+    for data, mime in images:
+        if mime.startswith("image/") and image_max_side > 0:
+            try:
+                prepared = await asyncio.to_thread(prepare_image, data, mime, image_max_side)
+            except ValueError as e:  # let Gemini judge it: a 400 becomes this record's error row
+                sent_as_is.append(str(e))
+            else:
+                parts.append(types.Part.from_bytes(data=prepared.data, mime_type=prepared.mime))
+                tokens += prepared.tokens
+                continue
+        parts.append(types.Part.from_bytes(data=data, mime_type=mime))
+        tokens += image_tokens(1, 1)
+    return Contents([*parts, types.Part.from_text(text=prompt)], text_tokens(prompt) + tokens, sent_as_is)
 
 
 def thinking_budget_for(model: str, budget: int | None) -> int | None:
