@@ -13,9 +13,11 @@ from pydantic import BaseModel
 
 from vlmprobe.errors import QuotaExhausted
 from vlmprobe.sim import GeminiSimulator
-from vlmprobe.teacher.client import RetryPolicy, Teacher, TeacherError
+from vlmprobe.teacher.client import Teacher
 from vlmprobe.teacher.flow import AdaptiveConcurrency, RateLimiter
 from vlmprobe.teacher.quota import QuotaLimits, RunQuota, next_pacific_midnight, pacific_day
+from vlmprobe.teacher.results import TeacherError
+from vlmprobe.teacher.retry import RetryPolicy
 
 KEY = "quota-test-key"
 FAST = RetryPolicy(base_delay=0.001, jitter=0.0, max_attempts=3)

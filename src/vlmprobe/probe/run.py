@@ -286,7 +286,8 @@ class RankProbe:
 
     # -- teacher -----------------------------------------------------------------------------
     async def _explain(self, ex: Example, prediction: str) -> None:
-        from vlmprobe.teacher.client import TeacherError, Usage
+        from vlmprobe.teacher.results import TeacherError
+        from vlmprobe.teacher.usage import Usage
         from vlmprobe.teacher.prompts import factor_prompt, verify_prompt
         from vlmprobe.teacher.schemas import FactorCompletion, Verification
 

@@ -250,7 +250,7 @@ class ShardQA:
     async def handle(self, seq: int, rec: dict[str, Any], image: bytes | Exception) -> tuple[Outcome, Any]:
         """One failure → (its outcome, its decoded image for the target check, or None)."""
         from vlmprobe.images import decode
-        from vlmprobe.teacher.client import TeacherError
+        from vlmprobe.teacher.results import TeacherError
         from vlmprobe.teacher.prompts import qa_prompt
         from vlmprobe.teacher.schemas import QASet
 

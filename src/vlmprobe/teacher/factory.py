@@ -31,8 +31,9 @@ def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | No
 
     ``process`` and ``quota_folder`` default to :func:`process_name` and :func:`teacher_folder`.
     """
-    from vlmprobe.teacher.client import RetryPolicy, Teacher
+    from vlmprobe.teacher.client import Teacher
     from vlmprobe.teacher.quota import QuotaLimits
+    from vlmprobe.teacher.retry import RetryPolicy
 
     limits = QuotaLimits(rpm=cfg.teacher_rpm, tpm=cfg.teacher_tpm, rpd=cfg.teacher_rpd,
                          max_cost_usd=cfg.max_cost_usd)
