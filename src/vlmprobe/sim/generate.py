@@ -5,7 +5,8 @@
 the behaviour: a forced failure or unknown model answers at once; then the request's RNG draws
 its latency jitter, the body is read (400 if Gemini would refuse it), the rpm/tpm/rpd quotas
 admit it or answer 429, the latency is slept, the fault is drawn, the older success quota is
-taken, and the answer is written, cut or withheld as the fault and ``maxOutputTokens`` say.
+taken, and the answer is written (thinking tokens reported unless the request turns thinking
+off), then cut or withheld as the fault and ``maxOutputTokens`` say.
 """
 
 from __future__ import annotations

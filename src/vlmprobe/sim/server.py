@@ -43,11 +43,14 @@ class Route:
     needs_key: bool = True
 
 
+# The endpoints, tried in order. A new one (a Batch or File API call) is a row here, its code in a
+# module of its own; the API key is required unless the row says otherwise.
 ROUTES: tuple[Route, ...] = (
     Route("POST", generate.PATH, generate.generate_content),
     Route("GET", re.compile(r"^/stats$"), lambda sim, *_: (200, sim.stats()), needs_key=False),
     Route("GET", re.compile(r"^/requests$"), lambda sim, *_: (200, {"requests": sim.request_log()}), needs_key=False),
 )
+# The 404 for a path no route serves, by method.
 _NO_ROUTE = {
     "GET": "No route for GET {path}.",
     "POST": "No route for POST {path}; the simulator answers models/{{model}}:generateContent.",
@@ -70,7 +73,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send_json(self, code: int, payload: Any, path: str) -> None:
-        raw = payload if isinstance(payload, RawBody) else RawBody(json.dumps(payload).encode(), "application/json; charset=UTF-8")
+        raw = payload if isinstance(payload, RawBody) else RawBody(
+            json.dumps(payload).encode(), "application/json; charset=UTF-8")
         logger.debug("%s %s -> %d", self.command, path, code)  # before the client can see the answer
         self.send_response(code)
         self.send_header("Content-Type", raw.content_type)
