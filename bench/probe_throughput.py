@@ -56,7 +56,7 @@ NO_QUOTA = {"teacher_rpm": 0, "teacher_tpm": 0, "teacher_rpd": 0}
 
 
 def _serve(latency_ms: float, conn) -> None:
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     with GeminiSimulator(port=0, latency_ms=latency_ms, seed=0) as sim:
         conn.send(sim.base_url)

@@ -55,7 +55,7 @@ def test_shard_writes_items_and_error_rows(tmp_path, demo_parquet, gemini_sim, n
 
 
 def test_retries_through_faults_and_gives_up_with_a_reason(tmp_path, demo_parquet, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _setup(tmp_path, demo_parquet, embed=True)
     monkeypatch.setenv("GEMINI_API_KEY", "k")
@@ -109,7 +109,7 @@ def _ok_bodies(log: list[dict]) -> list[str]:
 
 
 def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path, demo_parquet, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
     shard = read_json(lay.shard_plan)["shards"][0]
@@ -138,7 +138,7 @@ def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path,
 
 
 def test_a_journal_made_for_other_settings_is_discarded(tmp_path, demo_parquet, monkeypatch, caplog):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
     count = read_json(lay.shard_plan)["shards"][0]["count"]
@@ -158,7 +158,7 @@ def test_a_journal_made_for_other_settings_is_discarded(tmp_path, demo_parquet, 
 
 
 def test_budget_rows_are_asked_again_by_a_rerun_with_more_budget(tmp_path, demo_parquet, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
     count = read_json(lay.shard_plan)["shards"][0]["count"]

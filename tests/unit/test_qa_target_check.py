@@ -50,7 +50,7 @@ def test_every_item_is_put_to_the_target_and_qa_keep_picks_what_is_written(tmp_p
 
 
 def test_a_resumed_shard_checks_its_journalled_items_too(tmp_path, one_shard, tiny_llava, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     monkeypatch.setenv("GEMINI_API_KEY", "k")
     options = dict(qa_target_check="on", target_model=tiny_llava, max_new_tokens=2, concurrency=1, no_async=True)

@@ -39,7 +39,7 @@ def _run(cmd: list[str], env: dict[str, str], log_file: Path) -> None:
 def main() -> int:
     from vlmprobe.demo.data import build_tiny_llava, write_demo_parquet
     from vlmprobe.publish.run import teacher_line
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     out = REPO / "demo-output"
     data, runs, home = out / "data", out / "runs", out / "airflow"
