@@ -1,6 +1,7 @@
 import base64
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from vlmprobe.demo.data import build_tiny_llava, draw_scene, iter_demo_examples
+from vlmprobe.demo.data import draw_scene, iter_demo_examples
 from vlmprobe.vlm import TargetLoadError, build_prompt_text, load_target
 
 QUESTIONS = [
@@ -24,9 +25,11 @@ CHOICES = [None, None, None, ["circle", "square", "triangle"], ["left", "right",
 
 
 @pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory):
-    out = build_tiny_llava(str(tmp_path_factory.mktemp("tiny-llava")))
-    # Save the tokenizer with right padding: the target must switch it to left padding.
+def right_padded_llava(tiny_llava, tmp_path_factory):
+    """A copy of the session's tiny LLaVA whose tokenizer was saved with right padding."""
+    out = str(tmp_path_factory.mktemp("right-padded") / "tiny-llava")
+    shutil.copytree(tiny_llava, out)
+    # The target must switch it to left padding.
     config_path = f"{out}/tokenizer_config.json"
     with open(config_path) as f:
         config = json.load(f)
@@ -37,8 +40,8 @@ def tiny_llava(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def target(tiny_llava):
-    return load_target(tiny_llava, device="cpu", max_new_tokens=6)
+def target(right_padded_llava):
+    return load_target(right_padded_llava, device="cpu", max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
