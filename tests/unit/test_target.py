@@ -81,8 +81,13 @@ def test_empty_batch(target):
 
 
 def test_mismatched_lengths_are_refused(target, images):
-    with pytest.raises(ValueError, match="one question"):
+    from vlmprobe.vlm.openai_backend import OpenAICompatibleTarget
+
+    with pytest.raises(ValueError, match="one question.*got 5 images, 2 questions, 5 choices"):
         target.answer(images, QUESTIONS[:2], CHOICES)
+    with OpenAICompatibleTarget("http://127.0.0.1:1/v1", "m") as server_target:  # refused before any request
+        with pytest.raises(ValueError, match="one question.*got 5 images, 5 questions, 1 choices"):
+            server_target.answer(images, QUESTIONS, CHOICES[:1])
 
 
 def test_missing_model_folder_names_the_spec(tmp_path):
