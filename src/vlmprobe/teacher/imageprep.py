@@ -16,10 +16,11 @@ import io
 import math
 from dataclasses import dataclass
 
+from vlmprobe.images import PASSTHROUGH_MIME
+
 TOKENS_PER_TILE = 258
 TILE_SIDE = 384
 JPEG_QUALITY = 90
-_PASSTHROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def prepare_image(data: bytes, mime: str, max_side: int) -> PreparedImage:
         img = Image.open(io.BytesIO(data))  # reads the header only
         width, height = img.size
         size = fitted_size(width, height, max_side)
-        passthrough = _PASSTHROUGH.get(img.format or "")
+        passthrough = PASSTHROUGH_MIME.get(img.format or "")
         if size == (width, height) and passthrough is not None:
             return PreparedImage(data, passthrough, width, height, resized=False)
         if img.format == "JPEG":
