@@ -63,17 +63,28 @@ def test_batched_answers_equal_one_at_a_time(target, images):
 
 
 def test_prompts_are_left_padded_with_one_image_each(target, images):
-    assert target.processor.tokenizer.padding_side == "left"
+    # What run() hands generate: prompts of different lengths, left padded, one image's tokens each.
+    assert target.processor.tokenizer.padding_side == "left"  # the checkpoint was saved with "right"
     questions = [*QUESTIONS[:4], "Is there an <image> token in this question?"]
-    inputs = target.encode(images, questions, CHOICES)
-    mask = inputs["attention_mask"]
-    assert mask[:, -1].all(), "every prompt ends at the last column"
-    assert not mask[:, 0].all(), "shorter prompts are padded at the start"
-    image_tokens = (inputs["input_ids"] == target.model.config.image_token_index).sum(dim=1)
-    # One image placeholder per prompt, expanded to one token per 8x8 patch of the 32x32 input.
-    assert image_tokens.tolist() == [16] * 5
     assert target.build_prompt(questions[4], None).count("<image>") == 1
-    assert inputs["pixel_values"].shape == (5, 3, 32, 32)
+    batch = target.prepare(images, questions, [None] * 5)
+    assert batch.open_rows == [0, 1, 2, 3, 4] and batch.pixel_values.shape == (5, 3, 32, 32)
+    ids, mask = batch.open_input_ids.tolist(), batch.open_attention_mask.tolist()
+    lengths = [sum(row) for row in mask]
+    assert len(set(lengths)) > 1, "the prompts differ in length"
+    for row_ids, row_mask, n in zip(ids, mask, lengths):
+        pad = len(row_mask) - n
+        assert row_mask == [0] * pad + [1] * n and row_ids[:pad] == [target.pad_id] * pad  # padding on the left only
+        at = [j for j, t in enumerate(row_ids) if t == target.image_token_id]
+        # One image placeholder per prompt, expanded in place to one token per 8x8 patch of the 32x32 input.
+        assert at == list(range(at[0], at[0] + 16))
+    # Rows with choices are laid out with their prompt once: one image's tokens per row too.
+    scored = target.prepare(images, QUESTIONS, CHOICES)
+    assert scored.choice_rows == [3, 4]
+    assert (scored.packed["input_ids"] == target.image_token_id).sum(dim=1).tolist() == [16, 16]
+    # Left padding changes no answer: the padded batch answers as each row does alone.
+    alone = [target.run(target.prepare([im], [q], [None]))[0] for im, q in zip(images, questions)]
+    assert target.run(batch) == alone
 
 
 def test_empty_batch(target):

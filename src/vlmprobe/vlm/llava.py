@@ -404,13 +404,3 @@ class LlavaTarget:
             for row, lp in zip(batch.choice_rows, logprobs):
                 out[row] = lp
         return out
-
-    # The processor's view of a batch, as ``generate`` would take it (tests check the padding).
-    def encode(self, images: list[Image.Image], questions: list[str], choices: list[list[str] | None]):
-        """Processor inputs for one batch as ``generate`` would take them (a ``BatchFeature`` on the device)."""
-        check_batch(images, questions, choices)
-        prompts = [self.build_prompt(q, c) for q, c in zip(questions, choices)]
-        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-        with self._tokenizer_lock:
-            inputs = self.processor(images=rgb, text=prompts, return_tensors="pt", padding=True)
-        return inputs.to(self.device, dtype=self.dtype)  # casts pixel_values only
