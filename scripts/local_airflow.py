@@ -165,9 +165,10 @@ def start_simulator(env: dict[str, str]) -> str:
 
 
 def airflow_env(sim_url: str, parquet: str, model: str, secret: dict[str, str]) -> dict[str, str]:
+    from vlmprobe.demo.data import DEMO_RUN_PARAMS
+
     bin_dir = str(Path(sys.executable).parent)
-    defaults = {"target_model": model, "nproc_per_node": 2, "failure_batch_size": 8, "parquet_sample_size": 4,
-                "samples_per_key": 4, "num_shards": 2, "concurrency": 8, "batch_size": 16}
+    defaults = {"target_model": model, **DEMO_RUN_PARAMS}
     return {
         **os.environ,
         "AIRFLOW_HOME": str(HOME),

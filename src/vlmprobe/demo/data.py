@@ -36,6 +36,10 @@ GRID = (8, 24, 40, 56)  # 4x4 cell centres for counting scenes
 # Rows of part-00000 that exercise the error path (see write_demo_parquet).
 CORRUPT_IMAGE_ROW = 1
 NULL_QUESTION_ROW = 2
+# The DAG params of a demo run on a laptop's CPU (``make demo`` and ``make up``): 2 probe ranks,
+# 2 QA shards, small batches.
+DEMO_RUN_PARAMS = {"nproc_per_node": 2, "failure_batch_size": 8, "parquet_sample_size": 4, "samples_per_key": 4,
+                   "num_shards": 2, "concurrency": 8, "batch_size": 16}
 
 SCHEMA = pa.schema(
     [
