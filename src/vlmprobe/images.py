@@ -13,6 +13,11 @@ if TYPE_CHECKING:
 PASSTHROUGH_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
+def unreadable_image(e: Exception) -> ValueError:
+    """The error for bytes PIL cannot read as an image, the same wherever images are read."""
+    return ValueError(f"not a readable image ({type(e).__name__}: {e})")
+
+
 def decode(data: bytes) -> tuple[Image.Image, bytes, str]:
     """(RGB image, bytes to send, their MIME type). Raises ValueError for bytes that are no image."""
     from PIL import Image  # here, so that importing the table does not import PIL
@@ -21,7 +26,7 @@ def decode(data: bytes) -> tuple[Image.Image, bytes, str]:
         img = Image.open(io.BytesIO(data))
         img.load()
     except Exception as e:  # PIL raises several unrelated types for bad input
-        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from e
+        raise unreadable_image(e) from e
     mime = PASSTHROUGH_MIME.get(img.format or "")
     rgb = img.convert("RGB")
     if mime is None:

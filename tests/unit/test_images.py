@@ -40,3 +40,11 @@ def test_other_formats_are_reencoded_on_both_paths(fmt):
 def test_importing_the_image_modules_does_not_import_pil():
     code = "import sys, vlmprobe.images, vlmprobe.teacher.imageprep; assert 'PIL' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bytes_that_are_no_image_are_refused_alike_on_both_paths():
+    said = r"^not a readable image \(UnidentifiedImageError: cannot identify image file <_io.BytesIO object at "
+    with pytest.raises(ValueError, match=said):
+        decode(b"not an image")
+    with pytest.raises(ValueError, match=said):
+        prepare_image(b"not an image", "image/png", 768)

@@ -16,7 +16,7 @@ import io
 import math
 from dataclasses import dataclass
 
-from vlmprobe.images import PASSTHROUGH_MIME
+from vlmprobe.images import PASSTHROUGH_MIME, unreadable_image
 
 TOKENS_PER_TILE = 258
 TILE_SIDE = 384
@@ -74,7 +74,7 @@ def prepare_image(data: bytes, mime: str, max_side: int) -> PreparedImage:
             img.draft("RGB", size)  # let the decoder scale down by up to 8x: far less work for huge JPEGs
         img.load()
     except Exception as e:  # PIL raises several unrelated types for bad input
-        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from e
+        raise unreadable_image(e) from e
     alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     img = img.convert("RGBA" if alpha else "RGB")
     if img.size != size:
