@@ -37,7 +37,7 @@ def _run(cmd: list[str], env: dict[str, str], log_file: Path) -> None:
 
 
 def main() -> int:
-    from vlmprobe.demo.data import build_tiny_llava, write_demo_parquet
+    from vlmprobe.demo.data import DEMO_RUN_PARAMS, build_tiny_llava, write_demo_parquet
     from vlmprobe.publish.run import teacher_line
     from vlmprobe.sim import GeminiSimulator
 
@@ -55,13 +55,7 @@ def main() -> int:
         "output_uri": str(runs),
         "target_model": model_dir,
         "gemini_model": "gemini-2.5-flash",
-        "nproc_per_node": 2,
-        "failure_batch_size": 8,
-        "parquet_sample_size": 4,
-        "samples_per_key": 4,
-        "num_shards": 2,
-        "concurrency": 8,
-        "batch_size": 16,
+        **DEMO_RUN_PARAMS,
         # each QA item is put to the target (on the CPU here; a QA pod with a GPU does it by default)
         "qa_target_check": "on",
     }
