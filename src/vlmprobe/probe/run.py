@@ -21,7 +21,8 @@ the end.
 
 Outputs (under ``{output_uri}/{run_date}/``): ``probe/rank-NNNNN.jsonl`` (verified failures),
 ``errors/probe-rank-NNNNN.jsonl`` (rows lost at reading, bad rows, target and teacher errors,
-rejected factors, each with its reason), and ``probe/_SUCCESS.json``, written by rank 0 once
+rejected factors, each with its reason), and ``probe/_SUCCESS.json``
+(:class:`vlmprobe.contracts.ProbeSuccess`, with its ``schema_version``), written by rank 0 once
 every rank is done: counts, input accounting (``input``: rows read, rows lost, files lost), what
 bound the step (``pipeline``), teacher totals, and each rank's stats. Then the journal is cleared,
 unless some rows ended as error rows a rerun should retry (``teacher_budget_reached``,
@@ -48,8 +49,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlmprobe.config import ProbeConfig
+from vlmprobe.contracts import InputAccounting, PipelineSummary, ProbeCounts, ProbeRankStats, ProbeSuccess, RankPipeline
 from vlmprobe.errors import InputError, VlmprobeError
-from vlmprobe.io import JsonlWriter, RunLayout, write_json
+from vlmprobe.io import JsonlWriter, RunLayout
 from vlmprobe.io.parquet import REQUIRED_COLUMNS, InputCounts, ReadError, Row, WorkUnit, image_bytes, iter_units
 from vlmprobe.probe.pipeline import PipelineStats, run_pipeline, summarize
 from vlmprobe.probe.plan import WorkPlan, plan_work, sample_files
@@ -64,9 +66,8 @@ log = logging.getLogger("vlmprobe.probe")
 _KNOWN_COLUMNS = {*REQUIRED_COLUMNS, "id", "choices"}
 PROGRESS_EVERY_S = 30.0  # one progress line per rank this often: pod logs stay readable
 PREFETCH_BATCHES = 4  # batches decoded and preprocessed ahead of the device
-# Counts of _SUCCESS.json; rows == passed + verified + rejected + errors (rows read), and the
-# error files hold errors + rejected + read_errors lines.
-COUNT_KEYS = ("rows", "passed", "wrong", "verified", "rejected", "errors", "read_errors", "resumed", "probed")
+# Counts of _SUCCESS.json (vlmprobe.contracts.ProbeCounts says what each is).
+COUNT_KEYS = tuple(ProbeCounts.model_fields)
 # Teacher stats summed over ranks in _SUCCESS.json's "teacher".
 _TEACHER_SUMS = ("requests", "retries", "rate_limited", "succeeded", "failed", "prompt_tokens", "output_tokens",
                  "thinking_tokens", "cached_tokens", "estimated_cost_usd", "paused_s")
@@ -500,36 +501,36 @@ def run_rank(cfg: ProbeConfig, ranks: Ranks) -> dict[str, Any] | None:
     if tally.counts["rows"] != probe.input.rows_read:
         raise RuntimeError(f"rank {rank} lost track of rows: read {probe.input.rows_read}, its outputs account "
                            f"for {tally.counts['rows']} ({dict(tally.counts)})")
-    counts = {k: tally.counts[k] for k in COUNT_KEYS if k != "probed"}
-    counts["probed"] = probe.counts["probed"]
-    rank_stats = {
-        "rank": rank,
-        "work_units": len(mine),
-        "files": sorted({u.uri for u in mine}),
-        "failures_uri": layout.probe_rank(rank),
-        "errors_uri": layout.probe_errors(rank),
-        "counts": counts,
-        "input": probe.input.to_dict(),
-        "error_reasons": dict(tally.error_reasons),
-        "tokens": dict(tally.tokens),
-        "teacher": teacher_stats,  # this attempt's requests (earlier attempts' are in their ledgers)
-        "pipeline": probe.pipeline_stats.as_dict(),  # device busy time, waits, what bound the rank
-        "finished_at": round(finished_at, 3),
-        "elapsed_s": round(time.monotonic() - t0, 3),
-    }
-    log.info("rank %d done: %s%s", rank, counts, "; waiting for the other ranks" if world_size > 1 else "")
+    counts = ProbeCounts(**{k: tally.counts[k] for k in COUNT_KEYS if k != "probed"},
+                         probed=probe.counts["probed"])
+    rank_stats = ProbeRankStats(
+        rank=rank,
+        work_units=len(mine),
+        files=sorted({u.uri for u in mine}),
+        failures_uri=layout.probe_rank(rank),
+        errors_uri=layout.probe_errors(rank),
+        counts=counts,
+        input=InputAccounting(**probe.input.to_dict()),
+        error_reasons=dict(tally.error_reasons),
+        tokens=dict(tally.tokens),
+        teacher=teacher_stats,  # this attempt's requests (earlier attempts' are in their ledgers)
+        pipeline=RankPipeline(**probe.pipeline_stats.as_dict()),  # device busy time, waits, what bound the rank
+        finished_at=round(finished_at, 3),
+        elapsed_s=round(time.monotonic() - t0, 3),
+    )
+    log.info("rank %d done: %s%s", rank, counts.model_dump(), "; waiting for the other ranks" if world_size > 1 else "")
     gathered = ranks.gather_when_done(rank_stats)
     if rank != 0:
         return None
     return _finish(cfg, layout, plan, gathered, started_at, t0)
 
 
-def _teacher_totals(ranks: list[dict[str, Any]]) -> dict[str, Any]:
+def _teacher_totals(ranks: list[ProbeRankStats]) -> dict[str, Any]:
     total: dict[str, Any] = {k: 0 for k in _TEACHER_SUMS}
     failures: Counter[str] = Counter()
     gave_up: Counter[str] = Counter()
     for r in ranks:
-        t = r.get("teacher") or {}
+        t = r.teacher or {}
         for k in _TEACHER_SUMS:
             total[k] += t.get(k, 0)
         failures.update(t.get("failures", {}))
@@ -539,7 +540,7 @@ def _teacher_totals(ranks: list[dict[str, Any]]) -> dict[str, Any]:
     return {**total, "failures": dict(failures), "gave_up": dict(gave_up)}
 
 
-def _finish(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: list[dict[str, Any]],
+def _finish(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: list[ProbeRankStats],
             started_at: dt.datetime, t0: float) -> dict[str, Any]:
     """Rank 0, every rank done: check the step's input and target errors, write ``_SUCCESS.json``."""
     total: Counter[str] = Counter()
@@ -547,10 +548,10 @@ def _finish(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: list[
     tokens: Counter[str] = Counter()
     read = InputCounts()
     for s in gathered:
-        total.update(s["counts"])
-        reasons.update(s["error_reasons"])
-        tokens.update(s["tokens"])
-        read.merge(InputCounts(**s["input"]))
+        total.update(s.counts.model_dump())
+        reasons.update(s.error_reasons)
+        tokens.update(s.tokens)
+        read.merge(InputCounts(**s.input.model_dump()))
     problem = read.problem(cfg.max_error_rate)
     if problem:  # the outputs stay for inspection; no _SUCCESS.json, the journal kept
         raise InputError(problem)
@@ -558,33 +559,33 @@ def _finish(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: list[
     if total["rows"] and target_errors / total["rows"] > cfg.max_error_rate:
         raise VlmprobeError(f"the target failed on {target_errors} of {total['rows']} rows, more than max_error_rate "
                             f"{cfg.max_error_rate:.1%}: see the target_error rows; a rerun probes them again")
-    success = {
-        "run_date": cfg.run_date,
-        "world_size": len(gathered),
-        "input_uri": cfg.input_uri,
-        "input_files": plan.files,
-        "failure_files": [s["failures_uri"] for s in gathered],
-        "error_files": [s["errors_uri"] for s in gathered],
-        "counts": {k: total[k] for k in COUNT_KEYS},
-        "input": read.to_dict(),
-        "error_reasons": dict(reasons),
-        "tokens": dict(tokens),
-        "teacher": _teacher_totals(gathered),
-        "pipeline": summarize([s["pipeline"] for s in gathered]),
-        "target_model": cfg.target_model,
-        "teacher_model": cfg.gemini_model,
-        "template_version": cfg.template_version,
-        "ranks": gathered,
-        "started_at": started_at.isoformat(),
-        "elapsed_s": round(time.monotonic() - t0, 3),
-    }
-    write_json(layout.probe_success, success)
+    success = ProbeSuccess(
+        run_date=cfg.run_date,
+        world_size=len(gathered),
+        input_uri=cfg.input_uri,
+        input_files=plan.files,
+        failure_files=[s.failures_uri for s in gathered],
+        error_files=[s.errors_uri for s in gathered],
+        counts=ProbeCounts(**{k: total[k] for k in COUNT_KEYS}),
+        input=InputAccounting(**read.to_dict()),
+        error_reasons=dict(reasons),
+        tokens=dict(tokens),
+        teacher=_teacher_totals(gathered),
+        pipeline=PipelineSummary(**summarize([s.pipeline.model_dump() for s in gathered])),
+        target_model=cfg.target_model,
+        teacher_model=cfg.gemini_model,
+        template_version=cfg.template_version,
+        ranks=gathered,
+        started_at=started_at.isoformat(),
+        elapsed_s=round(time.monotonic() - t0, 3),
+    )
+    success.write(layout.probe_success)
     retried = sum(reasons[r] for r in RETRIED_REASONS)
     if retried:  # budget_reached / target_error rows: a rerun probes only them, paying nothing twice
         log.warning("resume journal kept: %d row(s) ended as %s error rows; a rerun (e.g. with a larger "
                     "max_cost_usd) probes only those", retried, " or ".join(RETRIED_REASONS))
     else:
         ProbeJournal.clear_dir(layout.probe_journal)  # only now: the outputs are complete for good
-    log.info("probe done: %s; input %s; bound by %s", success["counts"], success["input"],
-             success["pipeline"]["bound"])
-    return {"success_uri": layout.probe_success, "counts": success["counts"], "input": success["input"]}
+    counts, read_input = success.counts.model_dump(), success.input.model_dump()
+    log.info("probe done: %s; input %s; bound by %s", counts, read_input, success.pipeline.bound)
+    return {"success_uri": layout.probe_success, "counts": counts, "input": read_input}

@@ -1,15 +1,16 @@
 """Step 3: one shard of ``sample/failures.*`` → ``qa/shard-NNNNN.jsonl``.
 
-Reads only the shard's own records (its byte range in ``sample/shards.json``,
-:func:`vlmprobe.sample.shards.iter_shard_records`), asks the teacher for QA pairs probing each
+Reads only the shard's own records (its byte range in ``sample/shards.json``, read through
+:class:`vlmprobe.contracts.ShardPlan`; :func:`vlmprobe.sample.shards.iter_shard_records`), asks the teacher for QA pairs probing each
 failure's factor — concurrently (at most ``batch_size`` failures outstanding, ``concurrency``
 requests in flight, starts spaced by ``request_delay``, the client's quota shares and retries)
 or one at a time with ``no_async`` — and writes the items. Every failure that enters leaves as
 QA items (with ``qa_keep=target_failed``: counted in ``items_dropped_target_passed`` when the
 target answered all of them) or as one error row in ``errors/qa-shard-NNNNN.jsonl`` with its reason (a record
 without the fields QA needs, an unreadable image, a teacher error, no valid pair); one bad
-record never stops the others. ``qa/_shard-NNNNN.stats.json`` (counts, tokens, the teacher's
-figures, timings) is written last and marks the shard complete.
+record never stops the others. ``qa/_shard-NNNNN.stats.json`` (:class:`vlmprobe.contracts.QAShardStats`,
+with its ``schema_version``: counts, tokens, the teacher's figures, timings) is written last and
+marks the shard complete.
 
 **The target check** (``qa_target_check``: ``auto`` = on when this process sees a CUDA GPU,
 ``on``, ``off``): the target (``target_model``) is loaded once per shard and every generated
@@ -24,9 +25,9 @@ appended to the shard's journal (:class:`vlmprobe.io.journal.Journal` under
 object stores a segment every 64 outcomes or 10 s. A rerun skips the failures in the journal:
 after a kill, only the requests in flight are sent again (on object stores, also the outcomes of
 the last unwritten segment). The
-journal is trusted only when its fingerprint (``_fingerprint.json``: the plan's SHA-256, the
-shard, the teacher model, items per failure, the record format) matches; otherwise it is
-discarded with a warning. Rows of ``teacher_budget_reached`` are written but never journalled,
+journal is trusted only when its fingerprint (``_fingerprint.json``,
+:class:`vlmprobe.contracts.QAJournalHeader`: the plan's SHA-256, the shard, the teacher model,
+items per failure, the record format) matches; otherwise it is discarded with a warning. Rows of ``teacher_budget_reached`` are written but never journalled,
 so a rerun with a larger ``max_cost_usd`` asks for them (and only them). The target's answers
 are not journalled: they cost no Gemini request and are recomputed (with the rerun's target
 settings). The outputs are written at the end from the outcomes — earlier attempts' from the
@@ -57,8 +58,9 @@ from itertools import islice
 from typing import Any
 
 from vlmprobe.config import QAConfig
+from vlmprobe.contracts import QACounts, QAJournalHeader, QAShardStats, ShardPlan, TargetCheckStats, TokenCounts
 from vlmprobe.errors import InputError, UsageError, require_fields
-from vlmprobe.io import Journal, JsonlWriter, RunLayout, exists, join, read_bytes, read_json, write_json
+from vlmprobe.io import Journal, JsonlWriter, RunLayout, exists, join
 from vlmprobe.records import error_record, stable_id
 
 log = logging.getLogger("vlmprobe.qa")
@@ -68,7 +70,7 @@ JOURNAL_FORMAT = 1
 # The fields of a sampled failure that QA reads.
 REQUIRED = ("id", "failure_key", "image", "question", "answer", "prediction", "factor")
 TARGET_BATCH_ITEMS = 64  # QA items per batch of the target check
-TOKEN_FIELDS = ("prompt_tokens", "output_tokens", "thinking_tokens", "cached_tokens")
+TOKEN_FIELDS = tuple(TokenCounts.model_fields)
 
 
 def clean_items(items: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -320,7 +322,7 @@ def _load_images(records: list[dict[str, Any]]) -> list[bytes | Exception]:
 
 # -- the shard's input -----------------------------------------------------------------------------
 
-def _shard_records(plan: dict[str, Any], index: int) -> Iterator[tuple[int, Any, str | None]]:
+def _shard_records(plan: ShardPlan, index: int) -> Iterator[tuple[int, Any, str | None]]:
     """(position in the shard, record, why QA cannot use it or None) for each of the shard's records.
 
     A record without the fields QA reads gets a reason (its error row names file and record);
@@ -328,10 +330,9 @@ def _shard_records(plan: dict[str, Any], index: int) -> Iterator[tuple[int, Any,
     """
     from vlmprobe.sample.shards import iter_shard_records
 
-    shard = plan["shards"][index]
-    uri = plan["failures_uri"]
+    uri = plan.failures_uri
     # record numbers in the failures file, counted from 1 (a JSON array's "[" is line 1)
-    first = shard["start"] + (2 if plan.get("format") == "json" else 1)
+    first = plan.shards[index].start + (2 if plan.format == "json" else 1)
     n = 0
     try:
         for rec in iter_shard_records(plan, index):
@@ -373,9 +374,9 @@ def _open_journal(layout: RunLayout, index: int, fingerprint: dict[str, Any]) ->
     """
     folder = _journal_dir(layout, index)
     journal = Journal(folder, f"shard-{index:05d}")
-    marker = join(folder, "_fingerprint.json")
+    marker = join(folder, QAJournalHeader.NAME)
     fp = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    if exists(marker) and read_json(marker).get("fp") != fp:
+    if exists(marker) and QAJournalHeader.recorded(marker).get("fp") != fp:
         log.warning("discarding the resume journal of shard %d: it was made for other settings "
                     "(another shard plan, teacher model or max_items)", index)
         journal.clear()
@@ -383,7 +384,7 @@ def _open_journal(layout: RunLayout, index: int, fingerprint: dict[str, Any]) ->
         log.warning("discarding the resume journal of shard %d: it has no fingerprint", index)
         journal.clear()
     if not exists(marker):
-        write_json(marker, {"fp": fp, **fingerprint})
+        QAJournalHeader(fp=fp, **fingerprint).write(marker)
     done: dict[int, Outcome] = {}
     for rec in journal.finished():
         if rec.get("fp") == fp:
@@ -393,15 +394,15 @@ def _open_journal(layout: RunLayout, index: int, fingerprint: dict[str, Any]) ->
 
 # -- the step ---------------------------------------------------------------------------------------
 
-def _read_plan(layout: RunLayout, cfg: QAConfig) -> tuple[bytes, dict[str, Any]]:
+def _read_plan(layout: RunLayout, cfg: QAConfig) -> tuple[ShardPlan, str]:
+    """The shard plan and the SHA-256 of its bytes; InputError when it or the shard is missing."""
     if not exists(layout.shard_plan):
         raise InputError(f"{layout.shard_plan} is missing: run sample_keys for {cfg.run_date} first")
-    plan_bytes = read_bytes(layout.shard_plan)
-    plan = json.loads(plan_bytes)
-    if not 0 <= cfg.shard_index < len(plan["shards"]):
+    plan, sha256 = ShardPlan.read_with_sha256(layout.shard_plan)
+    if not 0 <= cfg.shard_index < len(plan.shards):
         raise InputError(f"shard {cfg.shard_index} does not exist: the plan {layout.shard_plan} has "
-                         f"{len(plan['shards'])} shard(s)")
-    return plan_bytes, plan
+                         f"{len(plan.shards)} shard(s)")
+    return plan, sha256
 
 
 def run_shard(cfg: QAConfig) -> dict[str, Any]:
@@ -415,19 +416,19 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
 
     t0 = time.monotonic()
     layout = RunLayout(cfg.output_uri, cfg.run_date)
-    plan_bytes, plan = _read_plan(layout, cfg)
+    plan, plan_sha256 = _read_plan(layout, cfg)
     checking = check_mode(cfg)  # refused settings fail here, before anything is removed or written
     index = cfg.shard_index
-    shard = plan["shards"][index]
+    shard = plan.shards[index]
     layout.invalidate("qa", shard_index=index)
 
-    fingerprint = {"format": JOURNAL_FORMAT, "plan_sha256": hashlib.sha256(plan_bytes).hexdigest(),
-                   "shard_index": index, "start": shard["start"], "stop": shard["stop"],
+    fingerprint = {"format": JOURNAL_FORMAT, "plan_sha256": plan_sha256,
+                   "shard_index": index, "start": shard.start, "stop": shard.stop,
                    "gemini_model": cfg.gemini_model, "max_items": cfg.max_items}
     journal, fp, done = _open_journal(layout, index, fingerprint)
     if done:
         log.info("shard %d resumes: %d of %d failure(s) finished in an earlier attempt", index, len(done),
-                 shard["count"])
+                 shard.count)
 
     check: TargetCheck | None = None
     if checking:
@@ -465,7 +466,7 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
         async def one(seq: int, rec: dict[str, Any], image: Any) -> None:
             record(*await work.handle(seq, rec, image))
 
-        with Progress(total=shard["count"], desc=f"qa shard {index}", unit="failures", logger=log) as progress:
+        with Progress(total=shard.count, desc=f"qa shard {index}", unit="failures", logger=log) as progress:
             async with make_teacher(cfg) as teacher:
                 work = ShardQA(cfg, teacher)
                 batches = _batches(_shard_records(plan, index), cfg.batch_size, want_image)
@@ -475,7 +476,7 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
                         for seq, rec, problem, image in batch:
                             if problem is not None:  # a record QA cannot use: its error row, at no cost
                                 record(work.error(seq, rec, "bad_record", problem, durable=False,
-                                                  file=plan["failures_uri"]), None)
+                                                  file=plan.failures_uri), None)
                                 continue
                             if seq in done:
                                 counts["resumed"] += 1
@@ -520,8 +521,8 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
             check.close()
 
     # the outputs: earlier attempts' outcomes (read from the journal at the start) and this attempt's
-    if len(outcomes) != shard["count"]:
-        raise RuntimeError(f"qa shard {index} lost records: {len(outcomes)} outcome(s) for {shard['count']} failure(s)")
+    if len(outcomes) != shard.count:
+        raise RuntimeError(f"qa shard {index} lost records: {len(outcomes)} outcome(s) for {shard.count} failure(s)")
     tokens: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     counts.update(failures=len(outcomes))
@@ -556,25 +557,24 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
     counts["items"] = items_out.count
     if counts["failures"] != counts["failures_with_items"] + counts["errors"]:
         raise RuntimeError(f"qa shard {index} counts do not add up: {dict(counts)}")
-    stats = {
-        "shard_index": index,
-        "qa_uri": layout.qa_shard(index),
-        "errors_uri": layout.qa_errors(index),
-        "counts": {k: counts[k] for k in ("failures", "failures_with_items", "errors", "items", "items_generated",
-                                          "items_dropped", "items_checked", "items_target_failed",
-                                          "items_dropped_target_passed", "items_check_errors", "resumed")},
-        "error_reasons": dict(reasons),
-        "tokens": {k: tokens[k] for k in TOKEN_FIELDS},
-        "teacher": teacher_stats,
-        "teacher_model": cfg.gemini_model,
-        "target_check": {"enabled": check is not None, "mode": cfg.qa_target_check, "keep": cfg.qa_keep,
-                         "target_model": cfg.target_model if check is not None else None,
-                         "device": getattr(check.target, "device", None) if check is not None else None,
-                         "busy_s": round(check.busy_s, 3) if check is not None else 0.0,
-                         "batches": check.batches if check is not None else 0},
-        "elapsed_s": round(time.monotonic() - t0, 3),
-    }
-    write_json(layout.qa_stats(index), stats)
+    device = getattr(check.target, "device", None) if check is not None else None
+    stats = QAShardStats(
+        shard_index=index,
+        qa_uri=layout.qa_shard(index),
+        errors_uri=layout.qa_errors(index),
+        counts=QACounts(**{k: counts[k] for k in QACounts.model_fields}),
+        error_reasons=dict(reasons),
+        tokens=TokenCounts(**{k: tokens[k] for k in TOKEN_FIELDS}),
+        teacher=teacher_stats,
+        teacher_model=cfg.gemini_model,
+        target_check=TargetCheckStats(enabled=check is not None, mode=cfg.qa_target_check, keep=cfg.qa_keep,
+                                      target_model=cfg.target_model if check is not None else None,
+                                      device=None if device is None else str(device),
+                                      busy_s=round(check.busy_s, 3) if check is not None else 0.0,
+                                      batches=check.batches if check is not None else 0),
+        elapsed_s=round(time.monotonic() - t0, 3),
+    )
+    stats.write(layout.qa_stats(index))
     if reasons["teacher_budget_reached"]:
         # publish fails this run ("budget reached"); a rerun with a larger max_cost_usd resumes
         log.warning("shard %d: %d failure(s) got no answer, the run's teacher budget (max_cost_usd) is spent; "
@@ -582,8 +582,8 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
                     reasons["teacher_budget_reached"])
     else:
         journal.clear()  # the shard is complete: nothing left to resume
-    log.info("shard %d: %s", index, stats["counts"])
-    return {k: stats[k] for k in ("shard_index", "qa_uri", "counts")}
+    log.info("shard %d: %s", index, stats.counts.model_dump())
+    return {"shard_index": stats.shard_index, "qa_uri": stats.qa_uri, "counts": stats.counts.model_dump()}
 
 
 async def _decoded(image: Any) -> Any:
