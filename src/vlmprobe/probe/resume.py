@@ -39,7 +39,7 @@ Durability: a local journal flushes each entry (a SIGKILL loses at most the entr
 written); on object stores a segment is written every 64 entries or 10 s
 (:mod:`vlmprobe.io.journal`). After a kill the requests paid again are those of the rows that
 were between their first and last teacher call — at most ``concurrency`` of them
-(:class:`~vlmprobe.probe.run.RankProbe`) — plus, on object stores, the last unwritten segment.
+(:class:`~vlmprobe.probe.loop.RankProbe`) — plus, on object stores, the last unwritten segment.
 """
 
 from __future__ import annotations
