@@ -95,9 +95,9 @@ def crash_qa_shard_on(monkeypatch, n: int):
 
     Returns the undo (the real handler back) for the rerun.
     """
-    from vlmprobe.qa import run as qa_run
+    from vlmprobe.qa import items as qa_items
 
-    real = qa_run.ShardQA.handle
+    real = qa_items.ShardQA.handle
     calls = {"n": 0}
 
     async def handle(self, seq, rec, image):
@@ -106,5 +106,5 @@ def crash_qa_shard_on(monkeypatch, n: int):
             raise RuntimeError("pod evicted")
         return await real(self, seq, rec, image)
 
-    monkeypatch.setattr(qa_run.ShardQA, "handle", handle)
-    return lambda: monkeypatch.setattr(qa_run.ShardQA, "handle", real)
+    monkeypatch.setattr(qa_items.ShardQA, "handle", handle)
+    return lambda: monkeypatch.setattr(qa_items.ShardQA, "handle", real)

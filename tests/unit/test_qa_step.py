@@ -10,7 +10,8 @@ from vlmprobe.config import QAConfig, SampleConfig
 from vlmprobe.contracts import QAShardSpan, ShardPlan
 from vlmprobe.errors import InputError
 from vlmprobe.io import JsonlWriter, exists, iter_jsonl, list_files, read_json, write_json
-from vlmprobe.qa.run import clean_items, run_shard
+from vlmprobe.qa.items import clean_items
+from vlmprobe.qa.run import run_shard
 from vlmprobe.sample.run import sample_keys
 from vlmprobe.teacher.schemas import QAPair
 from fakes import RUN_DATE, crash_qa_shard_on, fake_probe
