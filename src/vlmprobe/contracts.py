@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
@@ -86,7 +86,7 @@ class Contract(_Part):
         return version
 
     @classmethod
-    def from_json(cls, data: Any, source: str) -> Any:
+    def from_json(cls, data: Any, source: str) -> Self:
         """The model of a parsed file (``source`` names it in errors): version checked, then every field."""
         cls.check_version(data, source)
         try:
@@ -96,11 +96,12 @@ class Contract(_Part):
                              f"{_first_problem(e)}; was it written by this version of vlmprobe?") from e
 
     @classmethod
-    def read(cls, uri: str) -> Any:
+    def read(cls, uri: str) -> Self:
+        """The model of the file at ``uri``; :class:`InputError` (one line) when it is not one this code reads."""
         return cls.read_with_sha256(uri)[0]
 
     @classmethod
-    def read_with_sha256(cls, uri: str) -> tuple[Any, str]:
+    def read_with_sha256(cls, uri: str) -> tuple[Self, str]:
         """The model and the SHA-256 of the file's bytes (the QA journal's fingerprint names its plan so)."""
         from vlmprobe.io import read_bytes
 
