@@ -198,16 +198,12 @@ def test_only_the_contracts_module_reads_or_writes_the_contract_files():
     assert offences == []
 
 
-def test_the_scan_sees_a_raw_read():
-    """The check above can fail: a module that parses _SUCCESS.json itself is caught."""
-    bad = REPO / ".pytest_cache" / "contracts_scan_probe.py"
-    bad.parent.mkdir(exist_ok=True)
+def test_the_scan_sees_a_raw_read(tmp_path):
+    """The check above can fail: a module that parses _SUCCESS.json or manifest.json itself is caught."""
+    bad = tmp_path / "raw_reader.py"
     bad.write_text('from vlmprobe.io import read_json\n\ndef f(layout):\n    return read_json(layout.probe_success)\n'
                    'def g(root):\n    return json.loads(open(root + "/manifest.json").read())\n')
-    try:
-        found = _offences(bad)
-    finally:
-        bad.unlink()
+    found = _offences(bad)
     assert len(found) == 2 and "read_json(...probe_success...)" in found[0] and "manifest.json" in found[1]
 
 
