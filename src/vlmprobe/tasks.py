@@ -72,7 +72,7 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
     event carries where the dataset is and the manifest's counts.
     """
     share_with_group()  # steps share one volume (vlmprobe.shared_volume)
-    from vlmprobe.io import read_json
+    from vlmprobe.contracts import Manifest
     from vlmprobe.publish.run import publish
 
     with fail_without_retry("publish"):
@@ -81,7 +81,7 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
     if outlet_events is not None:
         from vlmprobe.lineage import QA_DATASET, qa_event_extra
 
-        extra = qa_event_extra(read_json(result["manifest_uri"]), result["manifest_uri"])
+        extra = qa_event_extra(Manifest.read(result["manifest_uri"]), result["manifest_uri"])
         outlet_events[QA_DATASET].extra = extra
         log.info("asset %s: run date %s, %d QA items", QA_DATASET.name, extra["run_date"], extra["qa_items"])
     return result
