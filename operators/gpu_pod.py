@@ -18,8 +18,8 @@ the run's type and the deployment settings:
 
 Before anything is built the conf is checked against the deployment's allowed URI prefixes
 and target endpoints, then the optional ``preflight`` callable runs; either failing fails the
-task without a retry (a preflight's storage timeout excepted, a store's 403 included). In cluster mode the pod is deferred to the triggerer (no worker slot
-held while it runs). A pod that exits 2, 3 or 4 (bad input or config, teacher unusable,
+task without a retry (a store's 403 included; a preflight's storage timeout is retried). In
+cluster mode the pod is deferred to the triggerer (no worker slot held while it runs). A pod that exits 2, 3 or 4 (bad input or config, teacher unusable,
 daily quota spent: see ``vlmprobe.errors``) fails the task without a retry; other failures
 are retried. The failure message names the pod's last ERROR line.
 

@@ -97,8 +97,9 @@ def check_output_writable(output_uri: str, run_date: str) -> None:
         remove_file(marker)
     except (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError) as e:
         # deterministic; other OSErrors (a timeout, a 503) propagate and the task's retry applies
-        if not is_local(output_uri):
-            raise access_denied(e, join(output_uri, run_date)) or e
+        denied = None if is_local(output_uri) else access_denied(e, join(output_uri, run_date))
+        if denied is not None:
+            raise denied
         raise InputError(f"output_uri {output_uri} is not writable ({e}); fix its permissions or choose "
                          f"another output_uri") from None
     except OSError as e:  # an object store's 403
