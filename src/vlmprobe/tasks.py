@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from vlmprobe.config import PublishConfig, SampleConfig
 from vlmprobe.errors import DETERMINISTIC_EXIT_CODES, UsageError, exit_code_for
+from vlmprobe.io.access import access_denied
 from vlmprobe.preflight import check_conf
 from vlmprobe.rundate import run_date_of_dag_run
 from vlmprobe.shared_volume import share_with_group
@@ -34,6 +35,7 @@ def fail_without_retry(step: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
+        e = access_denied(e) or e  # a store's 403: deterministic, one line with the URI and identity
         code, _ = exit_code_for(e)
         if code not in DETERMINISTIC_EXIT_CODES:
             raise
