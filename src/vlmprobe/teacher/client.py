@@ -94,8 +94,8 @@ class Teacher:
     standard, [2, 512] at flex; 16 without an RPM limit, 128 at flex). ``request_delay`` is the
     minimum time between two request starts in this process; ``timeout_s`` bounds one attempt
     (None: the tier's, 120 s at standard, 20 min at flex; flex raises a shorter one to 20 min) and
-    ``retry`` decides retries (None: the default policy; flex keeps its window at an hour or
-    more and its backoff from 5 s). ``limits`` are
+    ``retry`` decides retries (None: the tier's default policy, backoff from 0.5 s, 5 s at
+    flex; flex raises a retry window shorter than an hour). ``limits`` are
     the run-wide quota and budget, shared with the other processes whose leases are in
     ``quota_folder`` (the run's ``_teacher`` folder; None: alone); ``process`` names this process
     there, stably across attempts, and renews its lease every ``heartbeat_s``.

@@ -29,9 +29,10 @@ A request's retries are bounded by time (``RetryPolicy.window_s`` from its first
 a count (:class:`RequestRetries`). The service tier sets the scale of time (:data:`TIER_TIMING`):
 a flex answer takes minutes (Google's target is 1 to 15 min) and a flex request may be shed
 under load, answered 503 UNAVAILABLE (the cookbook's ``Inference_tiers.ipynb``: "Flex is
-sheddable and fails with 503 errors"), which the table above already retries; so flex gets
-attempts of 20 min, a retry window of an hour, a longer backoff, and a concurrency sized by
-Little's law for latencies of minutes (:meth:`TierTiming.policy`, :meth:`TierTiming.timeout`). A :class:`CircuitBreaker` says when to stop the step: most of
+sheddable and fails with 503 errors"), which the table above already retries like any 503; so
+flex gets attempts of 20 min and a retry window of an hour at least, a longer default backoff,
+and a concurrency sized by Little's law for latencies of minutes (:meth:`TierTiming.policy`,
+:meth:`TierTiming.timeout`). A :class:`CircuitBreaker` says when to stop the step: most of
 the last requests failed after their retries for reasons waiting could have fixed. What the
 server says is read from the error body's ``details`` (google.rpc RetryInfo, QuotaFailure,
 ErrorInfo), then the Retry-After header, then the message. The pauses, the concurrency and the
@@ -225,7 +226,7 @@ class TierTiming:
 
     ``timeout_s`` is one attempt's default timeout and ``min_timeout_s`` a floor under an explicit
     one; ``window_s`` / ``min_window_s`` the same for a request's retry window; ``base_delay`` and
-    ``max_delay`` floors under the backoff; ``expected_latency_s`` the latency guessed before the
+    ``max_delay`` the backoff of the tier's default policy; ``expected_latency_s`` the latency guessed before the
     first answer, and ``max_concurrency`` / ``no_rpm_concurrency`` the automatic concurrency's cap
     with an RPM limit and its value without one (Little's law: a rate R at latency L needs R x L
     requests in flight).
@@ -246,23 +247,24 @@ class TierTiming:
         return max(self.timeout_s if given is None else given, self.min_timeout_s)
 
     def policy(self, given: RetryPolicy | None) -> RetryPolicy:
-        """``given`` (None: the default policy with the tier's window) with the tier's floors applied."""
-        policy = given or RetryPolicy(window_s=self.window_s)
-        window = max(policy.window_s, self.min_window_s)
-        base, top = max(policy.base_delay, self.base_delay), max(policy.max_delay, self.max_delay)
-        if (window, base, top) == (policy.window_s, policy.base_delay, policy.max_delay):
-            return policy
-        return dataclasses.replace(policy, window_s=window, base_delay=base, max_delay=top)
+        """``given`` with its window raised to the tier's floor; None: the tier's default policy
+        (its window and backoff; a shed flex request is then retried like any 503, from 5 s)."""
+        if given is None:
+            return RetryPolicy(window_s=self.window_s, base_delay=self.base_delay, max_delay=self.max_delay)
+        if given.window_s >= self.min_window_s:
+            return given
+        return dataclasses.replace(given, window_s=self.min_window_s)
 
 
 # Standard and priority answer in seconds; the standard row keeps the client's behaviour from before
-# the tiers (no floors). Flex: attempts of 20 min (above the 15-min target; Google asks for
-# client timeouts of "600s+ for Flex wait queues"), retries for an hour, a backoff from 5 s (a shed
-# request meets a busy pool), a first latency guess of 5 min, and up to 512 requests in flight
-# (at 5 min each, about 100 requests a minute: raise ``concurrency`` for more).
+# the tiers (RetryPolicy()'s defaults, no floors). Flex: attempts of 20 min (above the 15-min
+# target; Google asks for client timeouts of "600s+ for Flex wait queues"), retries for an hour, a
+# default backoff from 5 s (a shed request meets a busy pool), a first latency guess of 5 min, and
+# up to 512 requests in flight (at 5 min each, about 100 requests a minute: raise ``concurrency``
+# for more).
 TIER_TIMING: dict[str, TierTiming] = {
-    "standard": TierTiming(120.0, 0.0, 600.0, 0.0, 0.0, 0.0, 5.0, 64, 16),
-    "priority": TierTiming(120.0, 0.0, 600.0, 0.0, 0.0, 0.0, 5.0, 64, 16),
+    "standard": TierTiming(120.0, 0.0, 600.0, 0.0, 0.5, 30.0, 5.0, 64, 16),
+    "priority": TierTiming(120.0, 0.0, 600.0, 0.0, 0.5, 30.0, 5.0, 64, 16),
     "flex": TierTiming(1200.0, 1200.0, 3600.0, 3600.0, 5.0, 120.0, 300.0, 512, 128),
 }
 
