@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from vlmprobe.sim import faults
 from vlmprobe.sim.protocol import RawBody, google_error, json_body, lookup
 
 if TYPE_CHECKING:
@@ -113,6 +114,8 @@ class FileStore:
 
 def start_upload(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
     """``POST /upload/{v}/files``: opens an upload session; its URL is in ``X-Goog-Upload-URL``."""
+    if sim.fail in ("invalid_key", "401", "403"):  # a key Gemini refuses is refused here too
+        return faults.fail_error(sim.fail, "files", api_key)
     try:
         body = json.loads(raw or b"{}")
         meta = body.get("file") or {}
