@@ -301,3 +301,27 @@ def test_options_are_checked_and_keys_must_be_unique(tmp_path):
         with pytest.raises(ValueError, match="share the key"):
             asyncio.run(_run(sim, tmp_path, [*_requests(2), _requests(1)[0]]))
     assert batch_module.display_prefix("2026-12-01", "qa", 3) == "vlmprobe-2026-12-01-qa-shard-00003"
+
+
+def test_requests_with_images_are_downscaled_as_online_and_a_large_input_uploads(tmp_path):
+    import io
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(0)
+
+    def noise(side: int) -> bytes:
+        buf = io.BytesIO()
+        Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    requests = [BatchRequest(f"img-{i}", _word(i), Echo, images=((noise(1000), "image/png"),)) for i in range(8)]
+    with GeminiSimulator(port=0) as sim:
+        outcome = asyncio.run(_run(sim, tmp_path, requests, image_max_side=768))
+        (uploaded,) = [f for f in sim.files._files.values() if f.source == "UPLOADED"]
+    assert len(uploaded.data) > 1 << 20  # more than aiohttp's 1 MiB warning threshold: no warning escapes
+    assert outcome.complete and set(outcome.answers) == {r.key for r in requests}
+    _assert_answers_name_their_key(outcome, requests)
+    # 768 x 768 after downscaling: 2 x 2 tiles of 258 tokens, as online
+    assert all(4 * 258 <= a.usage.prompt_tokens < 9 * 258 for a in outcome.answers.values())

@@ -72,6 +72,7 @@ import logging
 import os
 import random
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -453,8 +454,7 @@ class BatchClient:
         else:
             lines = "".join(json.dumps({"key": p.wire_key, "request": p.body}, separators=(",", ":")) + "\n"
                             for p in ordered)
-            uploaded = await self._call(f"upload of {display_name}", lambda: self._aio.files.upload(
-                file=io.BytesIO(lines.encode()), config={"mime_type": "jsonl", "display_name": display_name}))
+            uploaded = await self._call(f"upload of {display_name}", lambda: self._upload(lines.encode(), display_name))
             entry["input_file"] = src = uploaded.name
             self._save(ledger)
 
@@ -471,6 +471,14 @@ class BatchClient:
 
         job = await self._call(f"create of {display_name}", create)
         self._record_job(ledger, entry, job)
+
+    async def _upload(self, data: bytes, display_name: str) -> types.File:
+        """Upload a job's JSONL input (google-genai's resumable upload, 8 MB chunks)."""
+        with warnings.catch_warnings():
+            # google-genai hands aiohttp each chunk as bytes, which aiohttp warns about above 1 MiB.
+            warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
+            return await self._aio.files.upload(file=io.BytesIO(data),
+                                                config={"mime_type": "jsonl", "display_name": display_name})
 
     def _record_job(self, ledger: dict[str, Any], entry: dict[str, Any], job: types.BatchJob) -> None:
         """Write the created job's name into the ledger (a kill before this line leaves an intent
@@ -768,7 +776,7 @@ def _config_of(body: dict[str, Any]) -> dict[str, Any]:
         if wire in generation:
             config[name] = generation[wire]
     if "thinkingConfig" in generation:
-        config["thinking_config"] = {"thinking_budget": generation["thinkingConfig"].get("thinkingBudget")}
+        config["thinking_config"] = generation["thinkingConfig"]  # snake_case, as request_body wrote it
     return config
 
 

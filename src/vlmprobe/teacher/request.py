@@ -145,7 +145,9 @@ def request_body(parts: Sequence[types.Part], config: types.GenerateContentConfi
         if value is None:
             continue
         if name == "thinking_config":
-            value = {"thinkingBudget": value.thinking_budget} if value.thinking_budget is not None else {}
+            # google-genai passes this object through as it dumps it: field names in snake_case
+            # ({"thinking_budget": 0}), which Gemini's JSON parser takes as well as camelCase.
+            value = value.model_dump(mode="json", exclude_none=True)
         generation[wire] = value
     body: dict[str, Any] = {"contents": [{"parts": [_part_json(p) for p in parts], "role": "user"}]}
     if generation:
