@@ -325,3 +325,13 @@ def test_requests_with_images_are_downscaled_as_online_and_a_large_input_uploads
     _assert_answers_name_their_key(outcome, requests)
     # 768 x 768 after downscaling: 2 x 2 tiles of 258 tokens, as online
     assert all(4 * 258 <= a.usage.prompt_tokens < 9 * 258 for a in outcome.answers.values())
+
+
+def test_a_cleared_task_whose_ledger_is_gone_finds_its_job_by_display_name(tmp_path):
+    requests = _requests(3)
+    with GeminiSimulator(port=0) as sim:
+        first = asyncio.run(_run(sim, tmp_path / "first", requests))
+        again = asyncio.run(_run(sim, tmp_path / "cleared", requests))  # same shard, a fresh ledger
+        stats = sim.batch_stats()
+    assert stats["jobs_created"] == 1 and first.jobs[0]["name"] == again.jobs[0]["name"]
+    assert {k: a.parsed for k, a in first.answers.items()} == {k: a.parsed for k, a in again.answers.items()}

@@ -382,7 +382,8 @@ class BatchClient:
                 await asyncio.sleep(decision.delay)
 
     async def _find_by_display_name(self, display_name: str) -> types.BatchJob | None:
-        """The newest job of this project whose display name is ``display_name``, via batches.list."""
+        """A job of this project whose display name is ``display_name`` (they are unique per shard,
+        job number and request set), via batches.list; None when there is none."""
         async def scan() -> types.BatchJob | None:
             pager = await self._aio.batches.list(config={"page_size": 100})
             async for job in pager:
@@ -435,13 +436,14 @@ class BatchClient:
                 "cost_usd": None, "cancelled_at": None}
 
     async def _submit_job(self, ledger: dict[str, Any], items: list[_Prepared]) -> None:
-        """Record the intent of a job for ``items``, then create it and record its name."""
+        """Record the intent of a job for ``items``, then find it by its display name (a cleared
+        task whose ledger was deleted made it already) or create it, and record its name."""
         entry = self._plan_job(ledger, items)
         if ledger.get("started_at") is None:
             ledger["started_at"] = entry["intent_at"]
         ledger["jobs"].append(entry)
         self._save(ledger)  # the intent, before anything is created
-        await self._create(ledger, entry, {p.request.key: p for p in items})
+        await self._resolve_intents(ledger, {p.request.key: p for p in items})
 
     async def _create(self, ledger: dict[str, Any], entry: dict[str, Any], items: dict[str, _Prepared]) -> None:
         """Create the job of a recorded intent (its input uploaded first in file mode); a retried
@@ -496,7 +498,7 @@ class BatchClient:
                 continue
             found = await self._find_by_display_name(entry["display_name"])
             if found is not None:
-                logger.info("Gemini Batch API: %s was created before the last stop; continuing with %s",
+                logger.info("Gemini Batch API: %s was created by an earlier attempt; continuing with %s",
                             entry["display_name"], found.name)
                 self._record_job(ledger, entry, found)
             elif items is not None:
@@ -707,8 +709,8 @@ class BatchClient:
                 if retryable and not past and len(jobs) <= self.max_resubmits:
                     resend.append(item)
                 else:
-                    outcome.go_online[key] = GoOnline(key, "deadline" if past and retryable and reason == "unsubmitted"
-                                                      else reason, len(jobs))
+                    reason = "deadline" if reason == "unsubmitted" else reason
+                    outcome.go_online[key] = GoOnline(key, reason, len(jobs))
         outcome.usage = billed.usage
         tally = billed.by_tier.get("batch")
         if tally is not None:
