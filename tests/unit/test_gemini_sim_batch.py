@@ -44,8 +44,8 @@ async def _sdk(sim: GeminiSimulator):
 
 def _request(prompt: str) -> dict:
     return {"contents": [{"role": "user", "parts": [{"text": prompt}]}],
-            "generationConfig": {"responseMimeType": "application/json",
-                                 "responseJsonSchema": Echo.model_json_schema(), "thinkingConfig": {"thinkingBudget": 0}}}
+            "generationConfig": {"responseMimeType": "application/json", "responseJsonSchema": Echo.model_json_schema(),
+                                 "thinkingConfig": {"thinkingBudget": 0}}}
 
 
 def _jsonl(n: int) -> bytes:

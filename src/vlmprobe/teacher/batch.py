@@ -292,7 +292,8 @@ class BatchClient:
         self._prepared: dict[str, _Prepared] = {}
 
     def __repr__(self) -> str:
-        return f"BatchClient(model={self.model!r}, display_prefix={self.display_prefix!r}, ledger_uri={self.ledger_uri!r})"
+        return (f"BatchClient(model={self.model!r}, display_prefix={self.display_prefix!r}, "
+                f"ledger_uri={self.ledger_uri!r})")
 
     async def __aenter__(self) -> BatchClient:
         if self._shared is None:
@@ -732,7 +733,8 @@ class BatchClient:
                 continue
             line = results.get(entry["display_name"], {}).get(key)
             if line is None:
-                reason = "deadline" if entry["cancelled_at"] is not None else _JOB_REASONS.get(entry["state"], "no_result")
+                reason = ("deadline" if entry["cancelled_at"] is not None
+                          else _JOB_REASONS.get(entry["state"], "no_result"))
                 last = (reason, True)
                 continue
             response = _response_of(line)
