@@ -80,6 +80,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-log", default=None, help="Append each request (body hash, status) to this JSONL file.")
     parser.add_argument("--verify-true-rate", type=float, default=0.85, help="Chance a 'verified'/'supported' field is true.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of answers and faults (default: %(default)s).")
+    tiers = parser.add_argument_group("service tiers (requests that name serviceTier)")
+    tiers.add_argument("--flex-latency-s", type=float, default=0.0, help="Extra latency of a flex request, ±50%%.")
+    tiers.add_argument("--flex-shed-rate", type=float, default=0.0,
+                       help="Fraction of flex requests shed with 503 UNAVAILABLE.")
+    tiers.add_argument("--priority-downgrade-rate", type=float, default=0.0,
+                       help="Fraction of priority requests served (and labelled) standard.")
+    batch = parser.add_argument_group("Batch API")
+    batch.add_argument("--batch-pending-s", type=float, default=0.0, help="Seconds a job stays PENDING.")
+    batch.add_argument("--batch-running-s", type=float, default=0.0, help="Seconds a job then stays RUNNING.")
+    batch.add_argument("--batch-stay-pending", action="store_true", help="Every job stays PENDING until cancelled.")
+    batch.add_argument("--batch-expire", type=int, default=0, help="The first N jobs created end EXPIRED.")
+    batch.add_argument("--batch-fail", type=int, default=0, help="The next N jobs end FAILED.")
+    batch.add_argument("--batch-error-rate", type=float, default=0.0,
+                       help="Fraction of a job's requests answered with an error (429, 500 or 503).")
+    batch.add_argument("--batch-shuffle", action="store_true", help="Return a job's results out of order.")
+    batch.add_argument("--batch-no-inline-metadata", action="store_true",
+                       help="Drop the metadata of inline responses (as users report of Gemini).")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -108,6 +125,17 @@ def main(args: argparse.Namespace) -> int:
             request_log=args.request_log,
             verify_true_rate=args.verify_true_rate,
             seed=args.seed,
+            flex_latency_s=args.flex_latency_s,
+            flex_shed_rate=args.flex_shed_rate,
+            priority_downgrade_rate=args.priority_downgrade_rate,
+            batch_pending_s=args.batch_pending_s,
+            batch_running_s=args.batch_running_s,
+            batch_stay_pending=args.batch_stay_pending,
+            batch_expire=args.batch_expire,
+            batch_fail=args.batch_fail,
+            batch_error_rate=args.batch_error_rate,
+            batch_shuffle=args.batch_shuffle,
+            batch_inline_metadata=not args.batch_no_inline_metadata,
         )
     except ValueError as e:
         logger.error("%s", e)

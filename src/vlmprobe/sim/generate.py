@@ -4,9 +4,15 @@
 ``/v1``); :func:`generate` answers request ``number`` and logs it. The order of the steps is
 the behaviour: a forced failure or unknown model answers at once; then the request's RNG draws
 its latency jitter, the body is read (400 if Gemini would refuse it), the rpm/tpm/rpd quotas
-admit it or answer 429, the latency is slept, the fault is drawn, the older success quota is
-taken, and the answer is written (thinking tokens reported unless the request turns thinking
-off), then cut or withheld as the fault and ``maxOutputTokens`` say.
+admit it or answer 429, the latency is slept, a request that names a service tier meets it
+(:mod:`vlmprobe.sim.tiers`: flex waits longer or is shed), the fault is drawn, the older success
+quota is taken, and the answer is written (thinking tokens reported unless the request turns
+thinking off), then cut or withheld as the fault and ``maxOutputTokens`` say. A request that
+named a tier gets the tier served in the ``x-gemini-service-tier`` header.
+
+:func:`answer_body` writes the answer of a request that reached the model (the generateContent
+answer without quotas, latency or the fault plan): the Batch API (:mod:`vlmprobe.sim.batch`)
+answers each request of a job with it, so a job's answer is the one generateContent gives.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ import hashlib
 import json
 import logging
 import math
+import random
 import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from vlmprobe.sim import faults
+from vlmprobe.sim import faults, tiers
 from vlmprobe.sim.answers import answer_text
-from vlmprobe.sim.protocol import google_error, lookup, usage
+from vlmprobe.sim.protocol import RawBody, google_error, json_body, lookup, usage
 from vlmprobe.sim.quota import model_quota_error, quota_error
 from vlmprobe.sim.request import BadRequest, read_prompt
 
@@ -62,6 +69,9 @@ def generate(sim: GeminiSimulator, number: int, model: str, raw: bytes, api_key:
     status, payload, outcome = _answer(sim, number, model, body, api_key, entry)
     entry.update(status=status, outcome=outcome)
     sim.requests.append(entry)
+    served = entry.get("service_tier")
+    if served is not None and not isinstance(payload, RawBody):
+        payload = json_body(payload, {tiers.SERVED_TIER_HEADER: served})
     return status, payload
 
 
@@ -94,6 +104,11 @@ def _answer(sim: GeminiSimulator, number: int, model: str, body: Any, api_key: s
 
     if sim.latency_ms:
         time.sleep(sim.latency_ms * jitter / 1000.0)
+    tier = tiers.asked_tier(body)
+    if tier is not None:
+        entry["service_tier"], shed = tiers.serve(sim, number, tier)
+        if shed is not None:
+            return (*shed, "flex_shed")
     fault = faults.draw_fault(rng, sim.fault_rates())
     early = faults.fault_answer(fault, model, number, prompt_tokens, sim.retry_delay_s)
     if early is not None:
@@ -104,6 +119,17 @@ def _answer(sim: GeminiSimulator, number: int, model: str, body: Any, api_key: s
         sim.counters.rejected("quota")
         return 429, model_quota_error(model, sim.quota), "quota"
 
+    payload, outcome, output_tokens, thoughts = answer_body(sim, body, prompt, prompt_tokens, model, rng, fault,
+                                                            f"sim-{number}")
+    sim.counters.add_tokens(prompt_tokens, output_tokens, thoughts)
+    return 200, payload, outcome
+
+
+def answer_body(sim: GeminiSimulator, body: dict[str, Any], prompt: str, prompt_tokens: int, model: str,
+                rng: random.Random, fault: str | None, response_id: str) -> tuple[dict[str, Any], str, int, int]:
+    """The 200 answer to a request that reached the model: its payload, outcome (ok, malformed,
+    max_tokens, safety), output and thinking tokens. ``rng`` draws the thinking tokens (unless
+    the request turns thinking off); ``fault`` (malformed, max_tokens, safety, or None) shapes it."""
     text = answer_text(body, prompt, sim.seed, sim.verify_true_rate)
     config = lookup(body, "generationConfig") or {}
     config = config if isinstance(config, dict) else {}
@@ -132,13 +158,12 @@ def _answer(sim: GeminiSimulator, number: int, model: str, body: Any, api_key: s
     if fault == "safety":
         output_tokens, thoughts, outcome = 0, 0, "safety"
         candidate = {"finishReason": "SAFETY", "index": 0, "safetyRatings": faults.SAFETY_RATINGS}
-    sim.counters.add_tokens(prompt_tokens, output_tokens, thoughts)
-    return 200, {
+    return {
         "candidates": [candidate],
         "usageMetadata": usage(prompt_tokens, output_tokens, thoughts),
         "modelVersion": model,
-        "responseId": f"sim-{number}",
-    }, outcome
+        "responseId": response_id,
+    }, outcome, output_tokens, thoughts
 
 
 def _cut_off(text: str, chars: int) -> str:

@@ -6,6 +6,7 @@ A field looked up under its camelCase or snake_case name (google-genai sends sna
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -38,7 +39,14 @@ def usage(prompt_tokens: int, output_tokens: int, thinking_tokens: int) -> dict[
 
 
 class RawBody:
-    """A response body that is not JSON (the simulated non-JSON 200), with its content type."""
+    """A response body as bytes (the simulated non-JSON 200, a downloaded file, a JSON answer that
+    needs headers), with its content type and any extra response ``headers``."""
 
-    def __init__(self, data: bytes, content_type: str) -> None:
+    def __init__(self, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.data, self.content_type = data, content_type
+        self.headers = dict(headers or {})
+
+
+def json_body(payload: Any, headers: dict[str, str]) -> RawBody:
+    """``payload`` as the JSON body the server sends, with extra response ``headers``."""
+    return RawBody(json.dumps(payload).encode(), "application/json; charset=UTF-8", headers)

@@ -3,7 +3,11 @@
 This module holds the HTTP side and the simulator's settings: :class:`GeminiSimulator` (validated
 options, start/stop in a background thread, counters and request log), the request handler, and
 :data:`ROUTES`, the table of endpoints it serves: ``POST .../models/{model}:generateContent``
-(:mod:`vlmprobe.sim.generate`), ``GET /stats`` and ``GET /requests``. A new endpoint is a row in
+(:mod:`vlmprobe.sim.generate`, with the service tiers of :mod:`vlmprobe.sim.tiers`), the Batch API
+(``POST .../models/{model}:batchGenerateContent``, ``GET .../batches``, ``GET|DELETE
+.../batches/{id}``, ``POST .../batches/{id}:cancel``: :mod:`vlmprobe.sim.batch`), the File API
+as google-genai uploads and downloads (:mod:`vlmprobe.sim.files`), ``GET /stats``,
+``GET /requests``, ``GET /batch-requests`` and ``GET /batch-stats``. A new endpoint is a row in
 that table with its code in a module of its own. It binds loopback addresses only; a request to
 a route that needs an API key and has no ``x-goog-api-key`` header is refused with 403 (the
 key's value is never logged or stored).
@@ -25,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from vlmprobe.sim import faults, generate
+from vlmprobe.sim import batch, faults, files, generate
 from vlmprobe.sim.protocol import RawBody, google_error
 from vlmprobe.sim.quota import QuotaWindows
 from vlmprobe.sim.stats import RequestLog, SimStats
@@ -47,13 +51,26 @@ class Route:
 # module of its own; the API key is required unless the row says otherwise.
 ROUTES: tuple[Route, ...] = (
     Route("POST", generate.PATH, generate.generate_content),
+    Route("POST", batch.CREATE_PATH, batch.create_job),
+    Route("GET", batch.LIST_PATH, batch.list_jobs),
+    Route("GET", batch.JOB_PATH, batch.get_job),
+    Route("DELETE", batch.JOB_PATH, batch.delete_job),
+    Route("POST", batch.CANCEL_PATH, batch.cancel_job),
+    Route("POST", files.START_PATH, files.start_upload),
+    # The upload session's URL is its credential, as on Google's upload server: no API key is sent.
+    Route("POST", files.SESSION_PATH, files.upload_chunk, needs_key=False),
+    Route("GET", files.DOWNLOAD_PATH, files.download),
     Route("GET", re.compile(r"^/stats$"), lambda sim, *_: (200, sim.stats()), needs_key=False),
     Route("GET", re.compile(r"^/requests$"), lambda sim, *_: (200, {"requests": sim.request_log()}), needs_key=False),
+    Route("GET", re.compile(r"^/batch-requests$"), lambda sim, *_: (200, {"requests": sim.batch_log()}),
+          needs_key=False),
+    Route("GET", re.compile(r"^/batch-stats$"), lambda sim, *_: (200, sim.batch_stats()), needs_key=False),
 )
 # The 404 for a path no route serves, by method.
 _NO_ROUTE = {
     "GET": "No route for GET {path}.",
     "POST": "No route for POST {path}; the simulator answers models/{{model}}:generateContent.",
+    "DELETE": "No route for DELETE {path}.",
 }
 _NO_KEY = (
     "Method doesn't allow unregistered callers (callers without established identity). "
@@ -79,6 +96,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", raw.content_type)
         self.send_header("Content-Length", str(len(raw.data)))
+        for name, value in raw.headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(raw.data)
 
@@ -88,10 +107,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._route()
 
+    def do_DELETE(self) -> None:
+        self._route()
+
     def _route(self) -> None:
         """Answer the request with the first route of :data:`ROUTES` that matches its method and path."""
         path = self.path.split("?", 1)[0]
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command == "POST" else b""
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         for route in ROUTES:
             match = route.path.match(path) if route.method == self.command else None
             if match:
@@ -188,6 +210,23 @@ class GeminiSimulator:
     appended to ``request_log`` as JSONL when given) with a SHA-256 of its body (JSON,
     canonicalised), so a test can count how often the same request was sent. Faults depend only
     on ``seed`` and the request's number; answers only on ``seed`` and the request body.
+
+    Service tiers (:mod:`vlmprobe.sim.tiers`), for a request that names one (``serviceTier``):
+    a flex request waits ``flex_latency_s`` (±50%) and ``flex_shed_rate`` of them are shed with
+    503 UNAVAILABLE; a priority request is served at standard with the chance
+    ``priority_downgrade_rate``; the tier served is in the ``x-gemini-service-tier`` header.
+
+    The Batch API (:mod:`vlmprobe.sim.batch`): a job is pending for ``batch_pending_s``, running
+    for ``batch_running_s``, then ends; ``batch_stay_pending`` keeps every job pending until
+    cancelled; the first ``batch_expire`` jobs created end EXPIRED and the next ``batch_fail``
+    FAILED, without results; ``batch_error_rate`` of a job's requests get an error instead of a
+    response; ``batch_shuffle`` returns results out of order; ``batch_inline_metadata=False``
+    drops the ``metadata`` of inline responses (as users report of Gemini). Every request of a
+    job is logged (:meth:`batch_log`) with its key and body hash; its answer is the one
+    generateContent would give (same seed and body), with ``responseId`` naming the body's hash.
+
+    New behaviour draws from RNGs of its own (per job, per flex request), so the default
+    simulator's answers and faults are as before.
     """
 
     def __init__(
@@ -214,6 +253,17 @@ class GeminiSimulator:
         request_log: str | os.PathLike[str] | None = None,
         verify_true_rate: float = 0.85,
         seed: int = 0,
+        flex_latency_s: float = 0.0,
+        flex_shed_rate: float = 0.0,
+        priority_downgrade_rate: float = 0.0,
+        batch_pending_s: float = 0.0,
+        batch_running_s: float = 0.0,
+        batch_stay_pending: bool = False,
+        batch_expire: int = 0,
+        batch_fail: int = 0,
+        batch_error_rate: float = 0.0,
+        batch_shuffle: bool = False,
+        batch_inline_metadata: bool = True,
     ) -> None:
         self.host = _loopback_host(host)
         rates = {"rate_429": rate_429, "rate_503": rate_503, "rate_malformed": rate_malformed,
@@ -233,6 +283,13 @@ class GeminiSimulator:
             raise ValueError(f"quota_window_s must be > 0, got {quota_window_s}.")
         if fail is not None and fail not in faults.FAIL_MODES:
             raise ValueError(f"fail must be one of {', '.join(faults.FAIL_MODES)}, got {fail!r}.")
+        for name, rate in (("flex_shed_rate", flex_shed_rate), ("priority_downgrade_rate", priority_downgrade_rate),
+                           ("batch_error_rate", batch_error_rate)):
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {rate}.")
+        if min(flex_latency_s, batch_pending_s, batch_running_s) < 0 or min(batch_expire, batch_fail) < 0:
+            raise ValueError("flex_latency_s, batch_pending_s, batch_running_s, batch_expire and batch_fail "
+                             "must not be negative.")
         self.requested_port = port
         self.latency_ms = latency_ms
         self.rate_429 = rate_429
@@ -250,6 +307,19 @@ class GeminiSimulator:
         self.models = frozenset(models) if models is not None else None
         self.verify_true_rate = verify_true_rate
         self.seed = seed
+        self.flex_latency_s = flex_latency_s
+        self.flex_shed_rate = flex_shed_rate
+        self.priority_downgrade_rate = priority_downgrade_rate
+        self.batch_pending_s = batch_pending_s
+        self.batch_running_s = batch_running_s
+        self.batch_stay_pending = batch_stay_pending
+        self.batch_expire = batch_expire
+        self.batch_fail = batch_fail
+        self.batch_error_rate = batch_error_rate
+        self.batch_shuffle = batch_shuffle
+        self.batch_inline_metadata = batch_inline_metadata
+        self.files = files.FileStore()
+        self.batches = batch.BatchStore()
         self.counters = SimStats()
         self.quotas = QuotaWindows()
         self.requests = RequestLog(Path(request_log) if request_log is not None else None)
@@ -305,6 +375,16 @@ class GeminiSimulator:
         ``status``, ``outcome`` (ok, a fault, or the quota that refused it), ``sha256`` of the body,
         its ``prompt_tokens`` and ``max_output_tokens``."""
         return self.requests.entries()
+
+    def batch_log(self) -> list[dict[str, Any]]:
+        """Every request of every Batch API job, in the order the jobs ran them: ``job`` (its name),
+        ``display_name``, ``index`` in the job's input, ``key`` (the file line's key, or the inline
+        request's metadata), ``sha256`` of the request body, ``outcome`` (ok, error_NNN, ...)."""
+        return self.batches.log_entries()
+
+    def batch_stats(self) -> dict[str, Any]:
+        """Batch API counters: jobs created, jobs by state, cancels, requests answered and failed, tokens."""
+        return self.batches.snapshot(self)
 
     @property
     def request_log_path(self) -> Path | None:

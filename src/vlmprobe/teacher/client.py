@@ -17,6 +17,13 @@ fixed (5xx, 429, timeouts, transport, unusable output), naming the commonest rea
 verdicts (safety, 400 about one request) and the budget do not count: they are error rows,
 which publish weighs against ``max_error_rate``.
 
+Service tier (``service_tier``: standard, flex or priority; :mod:`vlmprobe.teacher.retry`'s
+:data:`~vlmprobe.teacher.retry.TIER_TIMING`): sent with every request (standard sends nothing);
+it sets one attempt's timeout, the retry window, the backoff and the automatic concurrency
+(flex answers in minutes, so it needs long attempts and many requests in flight). Each answer is
+priced at the tier that served it (the ``x-gemini-service-tier`` header, else the tier asked:
+:func:`~vlmprobe.teacher.usage.served_tier`).
+
 Cost (:mod:`vlmprobe.teacher.usage`): once the run's estimated spend (summed over the run's
 ledgers) reaches ``QuotaLimits.max_cost_usd``, new requests raise TeacherError
 ``budget_reached`` without being sent. A follow-up request (``follow_up=True``: the verification
@@ -60,9 +67,9 @@ from vlmprobe.teacher.request import (
 )
 from vlmprobe.teacher.results import Schema, TeacherError, TeacherResult, one_line, redact
 from vlmprobe.teacher.retry import (
-    CircuitBreaker, RequestRetries, RetryPolicy, classify, daily_quota_error, unusable_error,
+    CircuitBreaker, RequestRetries, RetryPolicy, classify, daily_quota_error, tier_timing, unusable_error,
 )
-from vlmprobe.teacher.usage import Ledger, Usage, usage_of
+from vlmprobe.teacher.usage import Ledger, Usage, served_tier, usage_of
 
 try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
     import aiohttp
@@ -73,17 +80,22 @@ logger = logging.getLogger(__name__)
 
 API_KEY_ENV = "GEMINI_API_KEY"
 BASE_URL_ENV = "GEMINI_BASE_URL"
-AUTO_CONCURRENCY_MAX = 64
-AUTO_CONCURRENCY_NO_RPM = 16
+AUTO_CONCURRENCY_MAX = tier_timing("standard").max_concurrency  # 64; flex's is larger (TIER_TIMING)
+AUTO_CONCURRENCY_NO_RPM = tier_timing("standard").no_rpm_concurrency  # 16
 
 
 class Teacher:
     """Gemini with structured output, run-wide quota shares, adaptive concurrency and retries.
 
-    ``concurrency`` bounds requests in flight (the AIMD ceiling); 0 derives it from the
-    process's RPM share and the observed latency (Little's law: in flight = rate x latency, x1.5
-    headroom, within [2, 64]; 16 without an RPM limit). ``request_delay`` is the minimum time
-    between two request starts in this process; ``timeout_s`` bounds one attempt. ``limits`` are
+    ``service_tier`` (standard, flex, priority) is sent with every request and sets the defaults
+    and floors of the timing (:data:`~vlmprobe.teacher.retry.TIER_TIMING`). ``concurrency`` bounds
+    requests in flight (the AIMD ceiling); 0 derives it from the process's RPM share and the
+    observed latency (Little's law: in flight = rate x latency, x1.5 headroom, within [2, 64] at
+    standard, [2, 512] at flex; 16 without an RPM limit, 128 at flex). ``request_delay`` is the
+    minimum time between two request starts in this process; ``timeout_s`` bounds one attempt
+    (None: the tier's, 120 s at standard, 20 min at flex; flex raises a shorter one to 20 min) and
+    ``retry`` decides retries (None: the tier's default policy, backoff from 0.5 s, 5 s at
+    flex; flex raises a retry window shorter than an hour). ``limits`` are
     the run-wide quota and budget, shared with the other processes whose leases are in
     ``quota_folder`` (the run's ``_teacher`` folder; None: alone); ``process`` names this process
     there, stably across attempts, and renews its lease every ``heartbeat_s``.
@@ -103,7 +115,7 @@ class Teacher:
         concurrency: int = 16,
         request_delay: float = 0.0,
         retry: RetryPolicy | None = None,
-        timeout_s: float = 120.0,
+        timeout_s: float | None = None,
         limits: QuotaLimits | None = None,
         quota_folder: str | None = None,
         process: str | None = None,
@@ -113,6 +125,7 @@ class Teacher:
         image_max_side: int = 768,
         breaker_window: int = 20,
         breaker_ratio: float = 0.5,
+        service_tier: str = "standard",
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not api_key:
@@ -122,16 +135,21 @@ class Teacher:
             )
         if concurrency < 0:
             raise ValueError(f"concurrency must be >= 0 (0 = auto), got {concurrency}.")
-        if request_delay < 0 or timeout_s <= 0:
+        if request_delay < 0 or (timeout_s is not None and timeout_s <= 0):
             raise ValueError("request_delay must be >= 0 and timeout_s > 0.")
+        self.service_tier = service_tier
+        self.timing = tier_timing(service_tier)  # ValueError for an unknown tier
         if breaker_window < 1 or not 0 < breaker_ratio <= 1:
             raise ValueError("breaker_window must be >= 1 and breaker_ratio within (0, 1].")
         self.model = model
         self.base_url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
         self.concurrency = concurrency
         self.request_delay = request_delay
-        self.retry = retry or RetryPolicy()
-        self.timeout_s = timeout_s
+        self.retry = self.timing.policy(retry)
+        self.timeout_s = self.timing.timeout(timeout_s)
+        if timeout_s is not None and self.timeout_s != timeout_s:
+            logger.info("Gemini %s at the %s tier: timeout_s %g raised to %g s (its answers take minutes)",
+                        model, service_tier, timeout_s, self.timeout_s)
         self.limits = limits or QuotaLimits()
         self.quota = RunQuota(self.limits, quota_folder, process or f"{socket.gethostname()}-{os.getpid()}",
                               heartbeat_s=heartbeat_s, ttl_s=max(30.0, 6 * heartbeat_s))
@@ -146,8 +164,8 @@ class Teacher:
         self._api_key = api_key
         self._client: genai.Client | None = None
         self._session: Any = None  # aiohttp.ClientSession when aiohttp is installed
-        self._flow = AdaptiveConcurrency(concurrency or AUTO_CONCURRENCY_NO_RPM)
-        self._latency = 5.0  # seconds, EWMA of successful answers; a guess until the first one
+        self._flow = AdaptiveConcurrency(concurrency or self.timing.no_rpm_concurrency)
+        self._latency = self.timing.expected_latency_s  # seconds, EWMA of answers; a guess until the first
         self._start_lock: asyncio.Lock | None = None
         self._next_start = 0.0
         self._paused_until = 0.0
@@ -162,11 +180,13 @@ class Teacher:
         self._rate_limited = 0
         self._failures: Counter[str] = Counter()  # failed attempts by reason
         self._gave_up: Counter[str] = Counter()  # TeacherErrors raised, by reason
-        self._ledger = Ledger(model)  # tokens and estimated cost of this process's answers
+        self._ledger = Ledger(model)  # tokens and estimated cost of this process's answers, per tier
+        self._served: Counter[str] = Counter()  # answers by the tier that served them
         self._unpriced_warned = False
 
     def __repr__(self) -> str:
-        return f"Teacher(model={self.model!r}, base_url={self.base_url!r}, concurrency={self.concurrency})"
+        tier = "" if self.service_tier == "standard" else f", service_tier={self.service_tier!r}"
+        return f"Teacher(model={self.model!r}, base_url={self.base_url!r}, concurrency={self.concurrency}{tier})"
 
     async def __aenter__(self) -> Teacher:
         if self._client is not None:
@@ -175,7 +195,7 @@ class Teacher:
             # Our own session: a pool sized to the concurrency, closed by us; the SDK's own
             # subclasses aiohttp.ClientSession, which aiohttp >= 3.14 deprecates with a warning.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency or AUTO_CONCURRENCY_MAX), trust_env=True
+                connector=aiohttp.TCPConnector(limit=self.concurrency or self.timing.max_concurrency), trust_env=True
             )
         self._client = genai.Client(api_key=self._api_key, vertexai=False,
                                     http_options=http_options(self.base_url, self.timeout_s, self._session))
@@ -204,12 +224,22 @@ class Teacher:
         if session is not None:
             await session.close()
 
+    @property
+    def genai_client(self) -> genai.Client:
+        """The open google-genai client, for other Gemini calls of this process (the Batch API:
+        :class:`~vlmprobe.teacher.batch.BatchClient`), so the process keeps one client."""
+        if self._client is None:
+            raise RuntimeError("The Teacher is not open: use it as `async with Teacher(...) as teacher:`.")
+        return self._client
+
     # -- stats --------------------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, Any]:
         """What this process's teacher did, JSON-able (the steps put it in their stats files).
 
         ``requests`` HTTP requests sent; ``retries`` attempts after a request's first;
+        ``service_tier`` the tier asked, ``served_tiers`` answers by the tier that served them and
+        ``by_tier`` their tokens, cost and standard-equivalent cost per tier;
         ``rate_limited`` 429 answers; ``succeeded`` / ``failed`` calls of generate;
         ``failures`` failed attempts and ``gave_up`` TeacherErrors, by reason; tokens (output
         includes thinking, prompt includes cached); ``estimated_cost_usd``; ``paused_s`` time
@@ -227,6 +257,9 @@ class Teacher:
             "gave_up": dict(self._gave_up),
             **self._ledger.usage.as_dict(),
             "estimated_cost_usd": round(self._ledger.cost_usd, 6),
+            "service_tier": self.service_tier,
+            "served_tiers": dict(self._served),
+            "by_tier": self._ledger.tiers_dict(),
             "paused_s": round(self._paused_s, 3),
             "concurrency_limit": self._flow.limit,
             "concurrency_ceiling": self._flow.ceiling,
@@ -268,11 +301,11 @@ class Teacher:
         if self.concurrency:
             return
         if not self.limits.rpm:
-            self._flow.set_ceiling(AUTO_CONCURRENCY_NO_RPM)
+            self._flow.set_ceiling(self.timing.no_rpm_concurrency)
             return
         rate = self.quota.rpm_share / self.limits.period_s  # requests per second
         in_flight = math.ceil(1.5 * rate * self._latency) + 1
-        self._flow.set_ceiling(min(AUTO_CONCURRENCY_MAX, max(2, in_flight)))
+        self._flow.set_ceiling(min(self.timing.max_concurrency, max(2, in_flight)))
 
     def _pause(self, seconds: float) -> None:
         """No new request of this process starts for ``seconds`` (a 429 asked for it)."""
@@ -314,11 +347,13 @@ class Teacher:
             self._next_start = now + self.request_delay
 
     # -- one request --------------------------------------------------------------------------
-    def _spend(self, usage: Usage) -> None:
-        cost = self._ledger.add(usage)
+    def _spend(self, usage: Usage, tier: str = "standard") -> None:
+        cost = self._ledger.add(usage, tier)
+        self._served[tier] += 1
         if cost is None and self.limits.max_cost_usd and not self._unpriced_warned:
             self._unpriced_warned = True
-            logger.warning("no price is known for %s: max_cost_usd cannot be enforced", self.model)
+            logger.warning("no price is known for %s at the %s tier: max_cost_usd cannot be enforced",
+                           self.model, tier)
         self.quota.add_spend(cost or 0.0, usage.as_dict())
 
     def _give_up(self, reason: str, attempts: int, detail: str, usage: Usage, counted: bool) -> TeacherError:
@@ -360,7 +395,7 @@ class Teacher:
         for problem in contents.sent_as_is:
             logger.debug("sending an image as it is: %s", problem)
         max_output = max_output_tokens or (self.max_output_tokens.get(kind) if kind else None)
-        config = generation_config(schema, temperature, max_output, self.thinking_budget)
+        config = generation_config(schema, temperature, max_output, self.thinking_budget, self.service_tier)
         usage = Usage()
         attempt = 0
         retries = RequestRetries(self.retry)
@@ -384,7 +419,7 @@ class Teacher:
             if response is not None:
                 spent = usage_of(response)
                 usage = usage + spent
-                self._spend(spent)
+                self._spend(spent, served_tier(response) or self.service_tier)
                 self._latency = 0.8 * self._latency + 0.2 * (time.monotonic() - sent) if self._succeeded else (
                     time.monotonic() - sent)
                 self._flow.on_success()

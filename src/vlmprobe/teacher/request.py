@@ -7,12 +7,22 @@ The config asks for JSON of a pydantic schema (:func:`~vlmprobe.teacher.answers.
 and bounds the bill: ``thinking_budget`` (0 by default: no thinking where the model allows it;
 2.5 Pro cannot stop thinking and is clamped to its minimum of 128, see
 :func:`thinking_budget_for`) and ``max_output_tokens`` per request kind (``factor``, ``verify``,
-``qa``; thinking counts against it on 2.5 models, so the budget is added on top).
+``qa``; thinking counts against it on 2.5 models, so the budget is added on top). A service tier
+other than standard is sent as ``service_tier`` (google-genai 3.6.1 puts it top-level in the body,
+``"serviceTier": "flex"``); standard sends nothing, so a standard request is the same bytes as
+before the tiers existed.
+
+:func:`request_body` writes the same request as the JSON google-genai would send for it (the
+``request`` of a Batch API line); :func:`request_sha256` is the hash of its canonical form, by
+which a batch answer is matched back to the request it answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,16 +97,65 @@ def http_options(base_url: str | None, timeout_s: float, session: Any) -> types.
 
 
 def generation_config(schema: type[BaseModel], temperature: float, max_output: int | None,
-                      thinking_budget: int | None) -> types.GenerateContentConfig:
+                      thinking_budget: int | None, service_tier: str = "standard") -> types.GenerateContentConfig:
     """JSON of ``schema``; ``max_output`` answer tokens (None: the model's cap) with room for
-    ``thinking_budget`` (None: none sent) on top."""
+    ``thinking_budget`` (None: none sent) on top; ``service_tier`` sent unless it is standard."""
     thinking = None
     if thinking_budget is not None:
         thinking = types.ThinkingConfig(thinking_budget=thinking_budget)
         if max_output is not None and thinking_budget != 0:
             # Thinking counts against max_output_tokens on 2.5 models: give it room on top.
             max_output += thinking_budget if thinking_budget > 0 else 8192
+    tier = None if service_tier == "standard" else types.ServiceTier(service_tier)
     return types.GenerateContentConfig(
         response_mime_type="application/json", response_json_schema=response_schema(schema),
-        temperature=temperature, max_output_tokens=max_output, thinking_config=thinking,
+        temperature=temperature, max_output_tokens=max_output, thinking_config=thinking, service_tier=tier,
     )
+
+
+# GenerateContentConfig fields that google-genai sends inside ``generationConfig``, with their names
+# there; request_body refuses a config that sets anything else (it would be sent elsewhere).
+_GENERATION_FIELDS = {
+    "response_mime_type": "responseMimeType", "response_json_schema": "responseJsonSchema",
+    "temperature": "temperature", "max_output_tokens": "maxOutputTokens", "thinking_config": "thinkingConfig",
+}
+
+
+def _part_json(part: types.Part) -> dict[str, Any]:
+    if part.text is not None:
+        return {"text": part.text}
+    if part.inline_data is not None and part.inline_data.data is not None:
+        # google-genai sends bytes as URL-safe base64.
+        data = base64.urlsafe_b64encode(part.inline_data.data).decode("ascii")
+        return {"inlineData": {"data": data, "mimeType": part.inline_data.mime_type}}
+    raise ValueError("request_body writes text and inline-data parts only.")
+
+
+def request_body(parts: Sequence[types.Part], config: types.GenerateContentConfig) -> dict[str, Any]:
+    """The generateContent request body google-genai 3.6.1 sends for ``parts`` and ``config`` (as one
+    user turn), as a JSON-able dict: the ``request`` of a Batch API line. Service tiers are not
+    part of it (a batch is its own mode); raises ValueError for a config field it does not write."""
+    extra = sorted(name for name in config.model_fields_set - set(_GENERATION_FIELDS) - {"service_tier"}
+                   if getattr(config, name) is not None)
+    if extra:
+        raise ValueError(f"request_body cannot write these config fields: {', '.join(extra)}.")
+    generation: dict[str, Any] = {}
+    for name, wire in _GENERATION_FIELDS.items():
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if name == "thinking_config":
+            # google-genai passes this object through as it dumps it: field names in snake_case
+            # ({"thinking_budget": 0}), which Gemini's JSON parser takes as well as camelCase.
+            value = value.model_dump(mode="json", exclude_none=True)
+        generation[wire] = value
+    body: dict[str, Any] = {"contents": [{"parts": [_part_json(p) for p in parts], "role": "user"}]}
+    if generation:
+        body["generationConfig"] = generation
+    return body
+
+
+def request_sha256(body: dict[str, Any]) -> str:
+    """SHA-256 of ``body``'s canonical JSON (sorted keys, no spaces): the same digest the simulator
+    logs for a request."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

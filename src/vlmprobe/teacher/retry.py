@@ -26,7 +26,13 @@ bad JSON or schema mismatch, other finishes   retried, at most ``max_bad_outputs
 ============================================  =================================================
 
 A request's retries are bounded by time (``RetryPolicy.window_s`` from its first send), not by
-a count (:class:`RequestRetries`). A :class:`CircuitBreaker` says when to stop the step: most of
+a count (:class:`RequestRetries`). The service tier sets the scale of time (:data:`TIER_TIMING`):
+a flex answer takes minutes (Google's target is 1 to 15 min) and a flex request may be shed
+under load, answered 503 UNAVAILABLE (the cookbook's ``Inference_tiers.ipynb``: "Flex is
+sheddable and fails with 503 errors"), which the table above already retries like any 503; so
+flex gets attempts of 20 min and a retry window of an hour at least, a longer default backoff,
+and a concurrency sized by Little's law for latencies of minutes (:meth:`TierTiming.policy`,
+:meth:`TierTiming.timeout`). A :class:`CircuitBreaker` says when to stop the step: most of
 the last requests failed after their retries for reasons waiting could have fixed. What the
 server says is read from the error body's ``details`` (google.rpc RetryInfo, QuotaFailure,
 ErrorInfo), then the Retry-After header, then the message. The pauses, the concurrency and the
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import email.utils
 import json
 import math
@@ -211,6 +218,63 @@ class CircuitBreaker:
                 f"the teacher is failing: {len(failed)} of the last {self.window} requests failed "
                 f"after their retries, mostly {reason} ({count}); stopping the step")
         return None
+
+
+@dataclass(frozen=True)
+class TierTiming:
+    """The time scale of one service tier: what its requests wait for and how many are in flight.
+
+    ``timeout_s`` is one attempt's default timeout and ``min_timeout_s`` a floor under an explicit
+    one; ``window_s`` / ``min_window_s`` the same for a request's retry window; ``base_delay`` and
+    ``max_delay`` the backoff of the tier's default policy; ``expected_latency_s`` the latency guessed before the
+    first answer, and ``max_concurrency`` / ``no_rpm_concurrency`` the automatic concurrency's cap
+    with an RPM limit and its value without one (Little's law: a rate R at latency L needs R x L
+    requests in flight).
+    """
+
+    timeout_s: float
+    min_timeout_s: float
+    window_s: float
+    min_window_s: float
+    base_delay: float
+    max_delay: float
+    expected_latency_s: float
+    max_concurrency: int
+    no_rpm_concurrency: int
+
+    def timeout(self, given: float | None) -> float:
+        """One attempt's timeout: ``given`` (None: the tier's default), never below the tier's floor."""
+        return max(self.timeout_s if given is None else given, self.min_timeout_s)
+
+    def policy(self, given: RetryPolicy | None) -> RetryPolicy:
+        """``given`` with its window raised to the tier's floor; None: the tier's default policy
+        (its window and backoff; a shed flex request is then retried like any 503, from 5 s)."""
+        if given is None:
+            return RetryPolicy(window_s=self.window_s, base_delay=self.base_delay, max_delay=self.max_delay)
+        if given.window_s >= self.min_window_s:
+            return given
+        return dataclasses.replace(given, window_s=self.min_window_s)
+
+
+# Standard and priority answer in seconds; the standard row keeps the client's behaviour from before
+# the tiers (RetryPolicy()'s defaults, no floors). Flex: attempts of 20 min (above the 15-min
+# target; Google asks for client timeouts of "600s+ for Flex wait queues"), retries for an hour, a
+# default backoff from 5 s (a shed request meets a busy pool), a first latency guess of 5 min, and
+# up to 512 requests in flight (at 5 min each, about 100 requests a minute: raise ``concurrency``
+# for more).
+TIER_TIMING: dict[str, TierTiming] = {
+    "standard": TierTiming(120.0, 0.0, 600.0, 0.0, 0.5, 30.0, 5.0, 64, 16),
+    "priority": TierTiming(120.0, 0.0, 600.0, 0.0, 0.5, 30.0, 5.0, 64, 16),
+    "flex": TierTiming(1200.0, 1200.0, 3600.0, 3600.0, 5.0, 120.0, 300.0, 512, 128),
+}
+
+
+def tier_timing(tier: str) -> TierTiming:
+    """The :class:`TierTiming` of an online tier (standard, flex or priority)."""
+    try:
+        return TIER_TIMING[tier]
+    except KeyError:
+        raise ValueError(f"service_tier must be one of {', '.join(TIER_TIMING)}, got {tier!r}.") from None
 
 
 def classify(error: BaseException) -> Classified | None:
