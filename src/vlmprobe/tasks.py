@@ -1,9 +1,10 @@
 """The Airflow worker's side of the light steps: one call per ``@task`` of the DAG.
 
 Each function takes the task's params and DAG run, checks the conf (unknown keys, URI forms),
-builds the step's typed config and runs it. A deterministic failure (a :class:`VlmprobeError`
-with exit code 2, 3 or 4, a bad config) becomes ``AirflowFailException``: the task fails without
-a retry. Imported inside the task bodies, never at DAG parse time.
+resolves the run's preset (:func:`vlmprobe.params.run_params`), builds the step's typed config
+and runs it. A deterministic failure (a :class:`VlmprobeError` with exit code 2, 3 or 4, a bad
+config) becomes ``AirflowFailException``: the task fails without a retry. Imported inside the
+task bodies, never at DAG parse time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from vlmprobe.config import PublishConfig, SampleConfig
 from vlmprobe.errors import DETERMINISTIC_EXIT_CODES, UsageError, exit_code_for
 from vlmprobe.io.access import access_denied
+from vlmprobe.params import run_params
 from vlmprobe.preflight import check_conf
 from vlmprobe.rundate import run_date_of_dag_run
 from vlmprobe.shared_volume import share_with_group
@@ -62,7 +64,7 @@ def sample_keys_task(params: Mapping[str, Any], dag_run: Any) -> list[str]:
 
     with fail_without_retry("sample_keys"):
         check_conf(params, getattr(dag_run, "conf", None))
-        plan = sample_keys(_pick(SampleConfig, params, run_date=run_date_of_dag_run(dag_run)))
+        plan = sample_keys(_pick(SampleConfig, run_params(params, dag_run), run_date=run_date_of_dag_run(dag_run)))
     log.info("shard plan %s: %s", plan["shard_plan_uri"], plan["counts"])
     return [str(s["shard_index"]) for s in plan["shards"]]
 
@@ -79,7 +81,7 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
 
     with fail_without_retry("publish"):
         check_conf(params, getattr(dag_run, "conf", None))
-        result = publish(_pick(PublishConfig, params, run_date=run_date_of_dag_run(dag_run)))
+        result = publish(_pick(PublishConfig, run_params(params, dag_run), run_date=run_date_of_dag_run(dag_run)))
     if outlet_events is not None:
         from vlmprobe.lineage import QA_DATASET, qa_event_extra
 
