@@ -10,6 +10,7 @@ task bodies, never at DAG parse time.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -69,6 +70,22 @@ def sample_keys_task(params: Mapping[str, Any], dag_run: Any) -> list[str]:
     return [str(s["shard_index"]) for s in plan["shards"]]
 
 
+def _worker_images() -> list[dict[str, Any]]:
+    """The images the pod tasks ran (their ``worker_image`` XComs, :mod:`operators.gpu_pod`); [] outside a task."""
+    try:
+        from airflow.sdk import get_current_context
+
+        ti = get_current_context()["ti"]
+    except Exception:  # called outside a running task (tests, a shell): nothing to read
+        return []
+    try:
+        pulled = ti.xcom_pull(task_ids=["probe", "qa.generate"], key="worker_image")  # every map index
+    except Exception as e:  # provenance is worth a warning, not a failed night
+        log.warning("the pods' images are not recorded in the provenance: %s", e)
+        return []
+    return [v for v in pulled or [] if isinstance(v, dict)]
+
+
 def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = None) -> dict[str, Any]:
     """Step 4 for a DAG run; returns the manifest's URI and the QA item count.
 
@@ -79,9 +96,12 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
     from vlmprobe.contracts import Manifest
     from vlmprobe.publish.run import publish
 
+    conf = getattr(dag_run, "conf", None)
     with fail_without_retry("publish"):
-        check_conf(params, getattr(dag_run, "conf", None))
-        result = publish(_pick(PublishConfig, run_params(params, dag_run), run_date=run_date_of_dag_run(dag_run)))
+        check_conf(params, conf)
+        result = publish(_pick(PublishConfig, run_params(params, dag_run), run_date=run_date_of_dag_run(dag_run),
+                               conf_json=json.dumps(dict(conf or {}), sort_keys=True, default=str)),
+                         worker_images=_worker_images())
     if outlet_events is not None:
         from vlmprobe.lineage import QA_DATASET, qa_event_extra
 
