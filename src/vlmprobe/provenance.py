@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import os
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
+
+log = logging.getLogger("vlmprobe.provenance")
 
 GIT_SHA_ENV = "VLMPROBE_GIT_SHA"
 # The Gemini endpoint the deployment points the pods at (operators' settings) or a step's own.
@@ -101,7 +106,13 @@ def run_provenance(probe: Any, conf: Mapping[str, Any] | None, worker_images: It
         files = list(recorded.input_files)
     else:  # a _SUCCESS.json from before fingerprints: the file names alone
         files = [InputFile(uri=u, size=None, mtime=None) for u in probe.input_files]
-    images = sorted((WorkerImage(**w) for w in worker_images), key=lambda w: (w.step != "probe", w.step, w.map_index))
+    images = []
+    for record in worker_images:
+        try:
+            images.append(WorkerImage.model_validate(record))
+        except ValidationError:  # another operator version's record: left out, said so
+            log.warning("a worker image record is not one this vlmprobe reads, left out: %s", record)
+    images.sort(key=lambda w: (w.step != "probe", w.step, w.map_index))
     return Provenance(
         code=code_version(),
         probe_code=recorded.code if recorded is not None else None,

@@ -161,3 +161,16 @@ def test_files_written_before_issue_17_still_read(tmp_path, demo_parquet, gemini
     assert m.provenance is None and m.dataset is None and m.outputs.qa_parquet == []
     stats = {k: v for k, v in read_json(lay.qa_stats(0)).items() if k != "parquet"}
     assert QAShardStats.from_json(stats, "old stats").parquet is None
+
+
+def test_pod_image_records_are_ordered_and_a_foreign_one_is_left_out(tmp_path):
+    from fakes import fake_success
+    from vlmprobe.provenance import run_provenance
+
+    success = fake_success(RunLayout(str(tmp_path), RUN_DATE), [], input_files=["/in/a.parquet"])
+    records = [{"step": "qa", "map_index": 1, "image": "w:1", "image_id": "sha256:b"},
+               {"step": "probe", "map_index": -1, "image": "w:1", "image_id": "sha256:a"},
+               {"pod": "from another version"}]
+    p = run_provenance(success, None, records)
+    assert [(w.step, w.image_id) for w in p.worker_images] == [("probe", "sha256:a"), ("qa", "sha256:b")]
+    assert p.conf is None and [f.uri for f in p.input_files] == ["/in/a.parquet"]
