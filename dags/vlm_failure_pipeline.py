@@ -23,7 +23,8 @@ the last complete interval before it was triggered (2026-11-26 09:30 → 2026-11
 `input_uri` may contain `{run_date}` so each run reads its own day.
 
 Outputs live under `{output_uri}/{run_date}/`; rows that could not be processed are in
-`errors/` with their reason. Trigger with config to override any param; a conf that fails
+`errors/` with their reason. Trigger with config to override any param, or pick a `preset`
+(the seed's `8gpu`, `4gpu`, `1gpu`; a key the conf gives still wins); a conf that fails
 validation is refused at trigger time, and a conf key that is not a param fails the first task
 (no retry) naming the closest valid key. Safe to rerun: each step replaces its outputs.
 """
@@ -39,7 +40,7 @@ from operators import DeploymentSettings, GpuPodOperator
 from vlmprobe.alerts import FailureWebhook, deadline_alert
 from vlmprobe.config import ProbeConfig, QAConfig
 from vlmprobe.lineage import QA_DATASET
-from vlmprobe.params import DEFAULTS_ENV, PARAM_SPECS, default_overrides
+from vlmprobe.params import DEFAULTS_ENV, PARAM_SPECS, default_overrides, resolve_params, run_params
 from vlmprobe.preflight import preflight
 from vlmprobe.rundate import NIGHTLY_CRON, run_date_of_dag_run
 
@@ -47,6 +48,11 @@ SETTINGS = DeploymentSettings.from_env()
 # One rule for every run (vlmprobe.rundate): the data interval's start, else the interval Airflow
 # would infer for a manual run. The light tasks call the same function.
 RUN_DATE = "{{ vlmprobe_run_date(dag_run) }}"
+
+
+def _param(name: str) -> str:
+    """A param as the run uses it: the conf's value, else its preset's, else the default (vlmprobe.params)."""
+    return f"{{{{ vlmprobe_params(params, dag_run).{name} }}}}"
 
 
 def _params() -> dict[str, Param]:
@@ -70,7 +76,7 @@ def _cli_args(step_config: type) -> list[str]:
     args = ["--run-date", RUN_DATE]
     for name in step_config.model_fields:
         if name in PARAM_SPECS:
-            args += [f"--{name.replace('_', '-')}", f"{{{{ params.{name} }}}}"]
+            args += [f"--{name.replace('_', '-')}", _param(name)]
     return args
 
 
@@ -83,7 +89,7 @@ def _cli_args(step_config: type) -> list[str]:
     params=PARAMS,
     doc_md=__doc__,
     tags=["vlmprobe", "gpu"],
-    user_defined_macros={"vlmprobe_run_date": run_date_of_dag_run},
+    user_defined_macros={"vlmprobe_run_date": run_date_of_dag_run, "vlmprobe_params": run_params},
     default_args={
         "owner": "vlmprobe",
         "retries": 1,
@@ -98,14 +104,15 @@ def vlm_failure_pipeline():
         task_id="probe",
         settings=SETTINGS,
         step="probe",  # CPU and memory per GPU (VLMPROBE_PROBE_*_PER_GPU)
-        gpus="{{ params.nproc_per_node }}",
-        # GPUs at the deployment's default (VLMPROBE_PARAM_DEFAULTS included); pool slots are fixed at parse
-        pool_slots=PARAMS["nproc_per_node"].value,
+        gpus=_param("nproc_per_node"),
+        # GPUs at the deployment's default (VLMPROBE_PARAM_DEFAULTS and its preset included); pool slots
+        # are fixed at parse
+        pool_slots=resolve_params({name: p.value for name, p in PARAMS.items()})["nproc_per_node"],
         cmds=["vlmprobe"],
         # `vlmprobe probe --nproc_per_node N` starts the torchrun ranks and exits with the failing
         # rank's own code (2 = bad input: not retried), where torchrun would exit 1.
         arguments=[
-            "probe", "--nproc_per_node={{ params.nproc_per_node }}", *_cli_args(ProbeConfig),
+            "probe", f"--nproc_per_node={_param('nproc_per_node')}", *_cli_args(ProbeConfig),
         ],
         execution_timeout=pendulum.duration(hours=12),
         preflight=preflight,  # cheap checks on the Airflow side before the pod (and its GPUs) exists

@@ -23,6 +23,9 @@ cluster mode the pod is deferred to the triggerer (no worker slot held while it 
 daily quota spent: see ``vlmprobe.errors``) fails the task without a retry; other failures
 are retried. The failure message names the pod's last ERROR line.
 
+After the pod ran, its container's ``imageID`` (the image's digest) goes to the task's XCom
+``worker_image`` for the run's provenance ("local" in local pod mode).
+
 Local pod mode (``VLMPROBE_POD_MODE=local``) builds the very same pod spec and runs its
 container's command, arguments and environment as a subprocess of the worker (``$$`` undone
 as Kubernetes would), relaying its output to the task log. Secret-backed variables come from
@@ -68,6 +71,8 @@ EXIT_MEANINGS = {
     4: "teacher daily quota exhausted",
 }
 NO_RETRY_EXIT_CODES = frozenset({2, 3, 4})
+# XCom key of the image a step's pod ran (publish records it in the manifest's provenance).
+WORKER_IMAGE_XCOM = "worker_image"
 # Env vars that describe the pod's own filesystem; local pod mode keeps the worker's values.
 POD_FILESYSTEM_ENV = frozenset({"HOME", "XDG_CACHE_HOME", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR",
                                 "HF_HOME", "MPLCONFIGDIR"})
@@ -82,6 +87,15 @@ POLICY_SCAN_SKIPS = {
     "CKV_K8S_35": "GEMINI_API_KEY comes from a secretKeyRef as google-genai reads it; it is never logged",
     "CKV_K8S_43": "the image is pinned by an immutable release tag set in the Helm values",
 }
+
+
+def container_image_id(pod: k8s.V1Pod | None, container_name: str) -> str | None:
+    """The imageID the kubelet reports for a container (the image's registry digest), or None."""
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    for status in statuses:
+        if status.name == container_name and status.image_id:
+            return status.image_id
+    return None
 
 
 def container_exit_code(pod: k8s.V1Pod | None, container_name: str) -> tuple[int | None, str | None]:
@@ -353,7 +367,18 @@ class GpuPodOperator(KubernetesPodOperator):
             text = get_container_termination_message(remote_pod, self.base_container_name) if remote_pod else None
         return PodLogRelay().feed_all(str(text or "").splitlines()).last_error
 
+    def record_image(self, context: Any, image_id: str) -> None:
+        """XCom ``worker_image``: the step, map index, image and imageID, for the run's provenance."""
+        ti = (context or {}).get("ti")
+        if ti is None or not hasattr(ti, "xcom_push"):
+            return
+        ti.xcom_push(key=WORKER_IMAGE_XCOM, value={"step": self.step, "map_index": int(getattr(ti, "map_index", -1)),
+                                                   "image": str(self.image), "image_id": image_id})
+
     def cleanup(self, pod, remote_pod, xcom_result=None, context=None) -> None:
+        image_id = container_image_id(remote_pod, self.base_container_name)
+        if image_id:  # known once the container started, whether the step succeeded or not
+            self.record_image(context, image_id)
         try:
             super().cleanup(pod=pod, remote_pod=remote_pod, xcom_result=xcom_result, context=context)
         except (AirflowFailException, AirflowSkipException):
@@ -421,6 +446,7 @@ class GpuPodOperator(KubernetesPodOperator):
         self._local_proc = None
         if rc != 0:
             raise self._step_failure(f"task {self.task_id}: local pod command", rc, relay.last_error)
+        self.record_image(context, "local")  # no image ran: the worker's own environment did
         return None
 
     def on_kill(self) -> None:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from vlmprobe import config as cfg
 from vlmprobe.errors import UsageError, exit_code_for
+from vlmprobe.params import NO_PRESET, PRESETS
 
 XCOM_FILE_ENV = "VLMPROBE_XCOM_FILE"
 DEBUG_ENV = "VLMPROBE_DEBUG"
@@ -77,6 +78,8 @@ def _options_problem(e: ValidationError) -> str:
 
 def _config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseModel:
     values = {k: v for k in model.model_fields if (v := getattr(args, k, None)) is not None}
+    preset = PRESETS.get(getattr(args, "preset", None) or "", {})  # an explicit flag wins over the preset
+    values = {**{k: v for k, v in preset.items() if k in model.model_fields}, **values}
     try:
         return model.model_validate(values)
     except ValidationError as e:
@@ -143,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (model, _, help_) in STEPS.items():
         p = add(name, help=help_, description=help_)
         _add_config_arguments(p, model)
+        p.add_argument("--preset", choices=[NO_PRESET, *PRESETS], default=None,
+                       help="the seed's recommended values for the flags not given (README: Presets)")
         if name == "probe":
             p.add_argument("--nproc-per-node", "--nproc_per_node", dest="nproc_per_node", type=int, default=None,
                            metavar="N", help="start N ranks (torch.distributed.run, standalone) and exit with the "
@@ -259,6 +264,8 @@ def _run(args: argparse.Namespace, argv: list[str], debug: bool) -> int:
     model, run, _ = STEPS[args.command]
     config = _config_from_args(model, args)  # validated before any rank starts
     nproc = getattr(args, "nproc_per_node", None)
+    if nproc is None and args.command == "probe" and "LOCAL_RANK" not in os.environ:
+        nproc = PRESETS.get(args.preset or "", {}).get("nproc_per_node")  # the preset's ranks, unless under torchrun
     if nproc is not None:
         if nproc < 1:
             raise UsageError(f"--nproc-per-node must be at least 1, got {nproc}")

@@ -118,3 +118,20 @@ class PublishConfig(StepConfig):
     gemini_model: str = param("gemini_model")
     # publish fails the run when a step's teacher error rows exceed this fraction
     max_error_rate: float = param("max_error_rate")
+    conf_json: str | None = Field(None, description="The conf the run was triggered with, a JSON object, for "
+                                  "the manifest's provenance (the publish task passes the DAG run's).")
+
+    @field_validator("conf_json")
+    @classmethod
+    def _conf_object(cls, v: str | None) -> str | None:
+        import json
+
+        if v is not None and not isinstance(json.loads(v), dict):  # a JSONDecodeError is a ValueError too
+            raise ValueError("must be a JSON object, e.g. '{\"preset\": \"4gpu\"}'")
+        return v
+
+    def run_conf(self) -> dict[str, Any] | None:
+        """The trigger's conf, or None when not given."""
+        import json
+
+        return None if self.conf_json is None else json.loads(self.conf_json)

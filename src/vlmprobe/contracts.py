@@ -201,6 +201,30 @@ class ProbeRankStats(_Part):
     elapsed_s: float
 
 
+class CodeVersion(_Part):
+    """The code that ran (:func:`vlmprobe.provenance.code_version`)."""
+
+    version: str  # the vlmprobe package's
+    git_commit: str  # "unknown" when neither the image nor a checkout tells
+    source: Literal["image", "checkout", "unknown"]  # VLMPROBE_GIT_SHA baked into the image, or `git rev-parse`
+
+
+class InputFile(_Part):
+    """One input file as the store described it when the probe planned its work."""
+
+    uri: str
+    size: int | None  # bytes; None when the store could not tell
+    mtime: str | None  # last modification, ISO 8601 UTC; None when the store could not tell
+
+
+class ProbeProvenance(_Part):
+    """What the probe ran and read: its code, every input file with its fingerprint (rank 0, at plan time)."""
+
+    code: CodeVersion
+    input_files: list[InputFile]
+    target_revision: str | None  # the config's target_revision, when it has one
+
+
 class ProbeSuccess(Contract):
     """``probe/_SUCCESS.json``: step 1 finished; its counts, input accounting, teacher totals, ranks."""
 
@@ -224,6 +248,7 @@ class ProbeSuccess(Contract):
     ranks: list[ProbeRankStats]
     started_at: str
     elapsed_s: float
+    provenance: ProbeProvenance | None = None  # None: written before issue 17
 
 
 # -- the resume journals' headers -----------------------------------------------------------------
@@ -391,6 +416,14 @@ class TargetCheckStats(_Part):
     batches: int
 
 
+class QAShardParquet(_Part):
+    """The shard's kept items as one Parquet file (:mod:`vlmprobe.qa.dataset`): ``rows`` == the shard's items."""
+
+    uri: str
+    rows: int
+    images_missing: int  # rows whose image could not be read: a null image, the reason in image_error
+
+
 class QAShardStats(Contract):
     """``qa/_shard-NNNNN.stats.json``: written last, it marks the shard complete."""
 
@@ -406,6 +439,7 @@ class QAShardStats(Contract):
     teacher_model: str
     target_check: TargetCheckStats
     elapsed_s: float
+    parquet: QAShardParquet | None = None  # None: written before issue 17 (no Parquet file)
 
 
 # -- manifest.json / manifest.failed.json ----------------------------------------------------------
@@ -543,6 +577,8 @@ class Outputs(_Part):
     qa: list[str]
     failures: str
     errors: str
+    qa_parquet: list[str] = Field(default_factory=list)  # one per shard that wrote one (qa/parquet/)
+    dataset_card: str | None = None  # README.md of a published run
 
 
 class StepCheck(_Part):
@@ -561,6 +597,41 @@ class Checks(_Part):
     probe: StepCheck
     qa: StepCheck
     budget_reached_rows: BudgetReachedRows
+
+
+class ManifestDataset(_Part):
+    """The QA items as a dataset people load (``qa/parquet/``, the card ``README.md``)."""
+
+    rows: int  # == the QA items (publish checks every file's footer)
+    images_missing: int
+    shards_without_parquet: int  # shards written by a vlmprobe before the Parquet files
+    license: str  # VLMPROBE_DATASET_LICENSE; "other" until the deployment sets it
+
+
+class WorkerImage(_Part):
+    """The image a step's pod ran (the container's imageID, a registry digest); "local" in local pod mode."""
+
+    step: str
+    map_index: int
+    image: str
+    image_id: str
+
+
+class Provenance(_Part):
+    """Where a published run came from (:func:`vlmprobe.provenance.run_provenance`)."""
+
+    code: CodeVersion  # the publishing process's
+    probe_code: CodeVersion | None  # the probe pod's; None when _SUCCESS.json predates issue 17
+    worker_images: list[WorkerImage]  # from the pods' task XComs; empty outside Airflow
+    target_model: str
+    target_revision: str | None
+    teacher_model: str
+    teacher_endpoint: str | None  # a Gemini base URL other than Google's (the demo's simulator); None: Google's
+    prompts_version: str
+    template_version: str
+    input_uri: str
+    input_files: list[InputFile]  # every file the probe read, with its fingerprint
+    conf: dict[str, Any] | None  # the conf the run was triggered with; None: not known (the CLI without --conf-json)
 
 
 class Manifest(Contract):
@@ -582,6 +653,8 @@ class Manifest(Contract):
     outputs: Outputs
     checks: Checks
     failed: list[str] | None = Field(None, description="Why the run failed (manifest.failed.json only).")
+    dataset: ManifestDataset | None = None  # None: published before issue 17
+    provenance: Provenance | None = None  # None: published before issue 17
 
 
 CONTRACTS: tuple[type[Contract], ...] = (ProbeSuccess, ProbeJournalHeader, ShardPlan, QAJournalHeader, QAShardStats,

@@ -6,6 +6,7 @@ Pure Python on purpose: the DAG processor imports this at parse time, and the st
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 PROBE = "Probe (step 1)"
@@ -324,3 +325,54 @@ def default_overrides(text: str | None) -> dict[str, Any]:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{DEFAULTS_ENV} names {name!r}, which is not a param{hint}")
     return values
+
+
+# -- presets: the seed's recommended configurations ----------------------------------------------
+# A preset fills the knobs it names; a key the trigger's conf gives overrides it, and it overrides
+# the param defaults (VLMPROBE_PARAM_DEFAULTS included). One function resolves them
+# (:func:`resolve_params`): the DAG's templates (the ``vlmprobe_params`` macro), the light tasks,
+# the preflight and the CLI's ``--preset`` all go through it. Costs against a tier's quota: README,
+# "Presets".
+NO_PRESET = "none"
+_SEED_TEACHER = dict(concurrency=20, batch_size=1000, request_delay=0.05)  # the seed's QA pacing, any GPU count
+PRESETS: dict[str, dict[str, Any]] = {
+    # the seed's 8-GPU server: 8 ranks, 2 files per rank, QA on 8 shards (one per GPU)
+    "8gpu": dict(nproc_per_node=8, failure_batch_size=100, parquet_sample_size=16, num_shards=8, **_SEED_TEACHER),
+    # "the same with 4": 4 ranks, 4 QA shards (the seed runs one QA shard per GPU), 8 files
+    "4gpu": dict(nproc_per_node=4, failure_batch_size=100, parquet_sample_size=8, num_shards=4, **_SEED_TEACHER),
+    # one GPU: 1 rank and 1 QA shard; 2 files, as the seed's 2 per rank
+    "1gpu": dict(nproc_per_node=1, failure_batch_size=100, parquet_sample_size=2, num_shards=1, **_SEED_TEACHER),
+}
+
+
+def _preset_line(name: str) -> str:
+    return f"{name}: " + ", ".join(f"{k} {v}" for k, v in PRESETS[name].items())
+
+
+PARAM_SPECS["preset"] = dict(
+    default=NO_PRESET,
+    type="string",
+    enum=[NO_PRESET, *PRESETS],
+    section=DATA,
+    description="A recommended configuration from the seed; a key given in the conf overrides it, and it "
+                "overrides the defaults. " + "; ".join(_preset_line(n) for n in PRESETS) + ".",
+)
+
+
+def resolve_params(params: Mapping[str, Any], conf: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The values a run uses: ``params`` (defaults merged with the conf, as Airflow merges them) with
+    the chosen preset's values for every key the conf does not give. ValueError for an unknown preset."""
+    resolved = dict(params)
+    name = resolved.get("preset") or NO_PRESET
+    if name != NO_PRESET and name not in PRESETS:
+        raise ValueError(f"preset {name!r} is not one of {[NO_PRESET, *PRESETS]}")
+    given = set(conf or {})
+    for key, value in PRESETS.get(name, {}).items():
+        if key not in given:
+            resolved[key] = value
+    return resolved
+
+
+def run_params(params: Mapping[str, Any], dag_run: Any) -> dict[str, Any]:
+    """:func:`resolve_params` for a DAG run (its ``conf``); the DAG's ``vlmprobe_params`` macro."""
+    return resolve_params(params, getattr(dag_run, "conf", None))

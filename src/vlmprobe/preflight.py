@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vlmprobe.errors import InputError, UsageError, VlmprobeError
-from vlmprobe.params import PARAM_SPECS, uri_form_problem
+from vlmprobe.params import PARAM_SPECS, run_params, uri_form_problem
 from vlmprobe.rundate import expand_uri, run_date_of_dag_run
 
 log = logging.getLogger("vlmprobe.preflight")
@@ -126,7 +126,8 @@ def preflight(context: Mapping[str, Any]) -> None:
     dag_run = context["dag_run"]
     run_date = run_date_of_dag_run(dag_run)
     try:
-        check_probe(context["params"], getattr(dag_run, "conf", None), run_date)
+        # the values the pod gets: the conf's, else its preset's, else the defaults
+        check_probe(run_params(context["params"], dag_run), getattr(dag_run, "conf", None), run_date)
     except VlmprobeError as e:
         from airflow.sdk.exceptions import AirflowFailException
 

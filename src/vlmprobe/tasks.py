@@ -1,14 +1,16 @@
 """The Airflow worker's side of the light steps: one call per ``@task`` of the DAG.
 
 Each function takes the task's params and DAG run, checks the conf (unknown keys, URI forms),
-builds the step's typed config and runs it. A deterministic failure (a :class:`VlmprobeError`
-with exit code 2, 3 or 4, a bad config) becomes ``AirflowFailException``: the task fails without
-a retry. Imported inside the task bodies, never at DAG parse time.
+resolves the run's preset (:func:`vlmprobe.params.run_params`), builds the step's typed config
+and runs it. A deterministic failure (a :class:`VlmprobeError` with exit code 2, 3 or 4, a bad
+config) becomes ``AirflowFailException``: the task fails without a retry. Imported inside the
+task bodies, never at DAG parse time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 from vlmprobe.config import PublishConfig, SampleConfig
 from vlmprobe.errors import DETERMINISTIC_EXIT_CODES, UsageError, exit_code_for
 from vlmprobe.io.access import access_denied
+from vlmprobe.params import run_params
 from vlmprobe.preflight import check_conf
 from vlmprobe.rundate import run_date_of_dag_run
 from vlmprobe.shared_volume import share_with_group
@@ -62,9 +65,25 @@ def sample_keys_task(params: Mapping[str, Any], dag_run: Any) -> list[str]:
 
     with fail_without_retry("sample_keys"):
         check_conf(params, getattr(dag_run, "conf", None))
-        plan = sample_keys(_pick(SampleConfig, params, run_date=run_date_of_dag_run(dag_run)))
+        plan = sample_keys(_pick(SampleConfig, run_params(params, dag_run), run_date=run_date_of_dag_run(dag_run)))
     log.info("shard plan %s: %s", plan["shard_plan_uri"], plan["counts"])
     return [str(s["shard_index"]) for s in plan["shards"]]
+
+
+def _worker_images() -> list[dict[str, Any]]:
+    """The images the pod tasks ran (their ``worker_image`` XComs, :mod:`operators.gpu_pod`); [] outside a task."""
+    try:
+        from airflow.sdk import get_current_context
+
+        ti = get_current_context()["ti"]
+    except Exception:  # called outside a running task (tests, a shell): nothing to read
+        return []
+    try:
+        pulled = ti.xcom_pull(task_ids=["probe", "qa.generate"], key="worker_image")  # every map index
+    except Exception as e:  # provenance is worth a warning, not a failed night
+        log.warning("the pods' images are not recorded in the provenance: %s", e)
+        return []
+    return [v for v in pulled or [] if isinstance(v, dict)]
 
 
 def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = None) -> dict[str, Any]:
@@ -77,9 +96,12 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
     from vlmprobe.contracts import Manifest
     from vlmprobe.publish.run import publish
 
+    conf = getattr(dag_run, "conf", None)
     with fail_without_retry("publish"):
-        check_conf(params, getattr(dag_run, "conf", None))
-        result = publish(_pick(PublishConfig, params, run_date=run_date_of_dag_run(dag_run)))
+        check_conf(params, conf)
+        result = publish(_pick(PublishConfig, run_params(params, dag_run), run_date=run_date_of_dag_run(dag_run),
+                               conf_json=json.dumps(dict(conf or {}), sort_keys=True, default=str)),
+                         worker_images=_worker_images())
     if outlet_events is not None:
         from vlmprobe.lineage import QA_DATASET, qa_event_extra
 

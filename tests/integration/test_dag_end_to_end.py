@@ -31,7 +31,8 @@ def airflow_env(tmp_path_factory):
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(REPO),
+        # the repository (operators/) first; a caller's own path (a worktree's src/) kept after it
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "VLMPROBE_POD_MODE": "local",
         # Airflow 3.3.2's `dags test` cannot finish a successful run of a DAG with a DeadlineAlert
@@ -110,7 +111,7 @@ def _asset_events(env) -> list[dict]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_llava):
+def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_llava, monkeypatch):
     from vlmprobe.sim import GeminiSimulator
 
     conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
@@ -158,3 +159,26 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert event["extra"]["counts"] == {"probe": pc, "sample": sc, "qa": qc}
     assert event["extra"]["qa_items_target_failed"] == m["qa"]["target_check"]["items_target_failed"]
     assert event["extra"]["teacher"]["requests"] == t["run"]["requests"]
+
+    # the QA items as a dataset (issue 17): every item loads with its image, a card, the provenance
+    import datasets
+    from PIL import Image
+
+    from vlmprobe.io import list_files
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / RUN_DATE / "qa" / "parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    assert len(ds) == qc["items"] == m["dataset"]["rows"] and len(m["outputs"]["qa_parquet"]) == 3
+    assert all(isinstance(img, Image.Image) for img in ds["image"])
+    assert sorted(ds["id"]) == sorted(it["id"] for it in items)
+    assert (tmp_path / RUN_DATE / "README.md").read_text().startswith("---\nlicense: other\n")
+    p = m["provenance"]
+    assert p["code"]["version"] and p["code"]["git_commit"] and p["probe_code"] == p["code"]
+    files = {f["uri"]: f for f in p["input_files"]}
+    assert set(files) == set(list_files(demo_parquet, ".parquet"))
+    assert all(f["size"] == os.path.getsize(u) and f["mtime"] for u, f in files.items())
+    assert p["conf"] == conf and p["template_version"] == "v1" and p["prompts_version"]
+    images = sorted((w["step"], w["map_index"], w["image_id"]) for w in p["worker_images"])
+    assert images == [("probe", -1, "local"), ("qa", 0, "local"), ("qa", 1, "local"), ("qa", 2, "local")]

@@ -153,3 +153,12 @@ def test_env_values_are_escaped_once_however_often_the_pod_is_built(dag, monkeyp
         assert env["PRICE"] == "$$5 $$(GEMINI_API_KEY)"
     _, local_env = op.local_command(ctx)
     assert local_env["PRICE"] == "$5 $(GEMINI_API_KEY)"
+
+
+def test_a_local_pod_records_local_as_its_image(dag, monkeypatch):
+    monkeypatch.setenv("GEMINI_API_KEY", SECRET)
+    op, ctx = _op(dag, ["true"], [])
+    pushed = {}
+    ctx["ti"].xcom_push = lambda key, value: pushed.update({key: value})
+    op.execute(ctx)
+    assert pushed["worker_image"]["image_id"] == "local" and pushed["worker_image"]["step"] == "qa"

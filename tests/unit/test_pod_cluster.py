@@ -270,3 +270,16 @@ def test_trigger_kill_with_a_read_only_role_says_how_to_stop_the_pod(capfd):
     asyncio.run(trigger.on_kill())
     out = capfd.readouterr().out  # Airflow's structlog writes to stdout
     assert "[warning" in out and "kubectl -n vlmprobe delete pod probe-abc" in out
+
+
+def test_the_pods_image_digest_goes_to_xcom_for_the_provenance(dag):
+    op, ctx = _cluster_op(dag)
+    pushed = {}
+    ctx["ti"].xcom_push = lambda key, value: pushed.update({key: value})
+    pod = _terminated_pod(0, phase="Succeeded", reason="Completed")
+    digest = "docker.io/ml/vlmprobe-worker@sha256:" + "ab" * 32
+    pod.status.container_statuses[0].image_id = digest
+    op.__dict__["pod_manager"] = FakePodManager()
+    op.is_istio_enabled = lambda pod: False
+    op.cleanup(pod=pod, remote_pod=pod, context=ctx)
+    assert pushed["worker_image"] == {"step": "probe", "map_index": -1, "image": op.image, "image_id": digest}

@@ -57,6 +57,11 @@ def test_bad_files_and_rows_are_error_rows(tmp_path, messy_input, tiny_llava, ge
     assert success["input"]["files_lost"] == 2 and c["read_errors"] == 2 and len(success["input_files"]) == 6
     assert success["input"]["rows_read"] == c["rows"] == 48 == c["passed"] + c["verified"] + c["rejected"] + c["errors"]
     assert success["input"]["rows_lost"] == 1  # no-answer.parquet's one row (its footer says so)
+    # provenance (issue 17): every input file with what the store says of it, and the code that ran
+    fingerprints = {f["uri"]: f for f in success["provenance"]["input_files"]}
+    assert set(fingerprints) == set(success["input_files"])
+    assert all(f["size"] == Path(u).stat().st_size and f["mtime"] for u, f in fingerprints.items())
+    assert success["provenance"]["code"]["version"]
     assert c["resumed"] == 0 and c["probed"] == 48
     errors = list(iter_jsonl(success["error_files"][0]))
     assert len(errors) == c["errors"] + c["rejected"] + c["read_errors"]

@@ -31,11 +31,13 @@ def _full_run(root: Path) -> RunLayout:
                 "qa/shard-00000.jsonl", "qa/shard-00001.jsonl", "qa/shard-00002.jsonl",
                 "qa/_shard-00000.stats.json", "qa/_shard-00001.stats.json", "qa/.shard-00001.jsonl.tmp-aaaa0000",
                 "qa/_journal/shard-00001.b.jsonl",
+                "qa/parquet/shard-00000.parquet", "qa/parquet/shard-00001.parquet",
+                "qa/parquet/.shard-00001.parquet.tmp-bbbb0000",
                 "errors/probe-rank-00000.jsonl", "errors/.probe-rank-00001.jsonl.tmp-deadbeef",
                 "errors/sample.jsonl", "errors/qa-shard-00000.jsonl", "errors/qa-shard-00001.jsonl",
                 "errors/.qa-shard-00001.jsonl.tmp-beefbeef",
                 "_teacher/ledger.json", "_teacher/.ledger.json.tmp-12345678",
-                "manifest.json", ".manifest.json.tmp-cafecafe"]:
+                "manifest.json", ".manifest.json.tmp-cafecafe", "README.md"]:
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / rel).write_text("{}\n")
     return lay
@@ -48,7 +50,7 @@ def test_a_probe_rerun_invalidates_everything_downstream_but_resume_state(tmp_pa
     lay = _full_run(tmp_path)
     removed = lay.invalidate("probe")
     assert _tree(tmp_path / RUN_DATE) == KEPT_ALWAYS
-    assert lay.manifest in removed and len(removed) == 25 - len(KEPT_ALWAYS)
+    assert lay.manifest in removed and len(removed) == 29 - len(KEPT_ALWAYS)
 
 
 def test_a_sample_rerun_keeps_probe_outputs(tmp_path):
@@ -67,9 +69,11 @@ def test_a_qa_shard_rerun_touches_only_its_shard_and_the_manifest(tmp_path):
     gone = before - _tree(tmp_path / RUN_DATE)
     assert gone == {"qa/shard-00001.jsonl", "qa/_shard-00001.stats.json", "qa/.shard-00001.jsonl.tmp-aaaa0000",
                     "errors/qa-shard-00001.jsonl", "errors/.qa-shard-00001.jsonl.tmp-beefbeef", "manifest.json",
-                    ".manifest.json.tmp-cafecafe"}
+                    ".manifest.json.tmp-cafecafe", "qa/parquet/shard-00001.parquet",
+                    "qa/parquet/.shard-00001.parquet.tmp-bbbb0000", "README.md"}
     lay = _full_run(tmp_path)
-    assert {u.rsplit("/", 1)[1] for u in lay.invalidate("publish")} == {"manifest.json", ".manifest.json.tmp-cafecafe"}
+    assert {u.rsplit("/", 1)[1] for u in lay.invalidate("publish")} == {"manifest.json", ".manifest.json.tmp-cafecafe",
+                                                                       "README.md"}
     with pytest.raises(ValueError, match="unknown step"):
         lay.invalidate("nonsense")
     assert RunLayout(str(tmp_path / "nothing-yet"), RUN_DATE).invalidate("probe") == []

@@ -78,6 +78,14 @@ class RunLayout:
     def qa_journal(self) -> str:
         return join(self.qa_dir, "_journal")
 
+    @property
+    def qa_parquet_dir(self) -> str:
+        """The QA items as a dataset: one Parquet file per shard (:mod:`vlmprobe.qa.dataset`)."""
+        return join(self.qa_dir, "parquet")
+
+    def qa_parquet(self, index: int) -> str:
+        return join(self.qa_parquet_dir, f"shard-{index:05d}.parquet")
+
     # errors: every record that could not be processed, with its reason
     @property
     def errors_dir(self) -> str:
@@ -103,6 +111,11 @@ class RunLayout:
         return join(self.root, "manifest.failed.json")
 
     @property
+    def dataset_card(self) -> str:
+        """The run's dataset card, written by publish (:mod:`vlmprobe.publish.card`)."""
+        return join(self.root, "README.md")
+
+    @property
     def teacher_dir(self) -> str:
         return join(self.root, "_teacher")
 
@@ -112,19 +125,21 @@ class RunLayout:
 
         ``probe``: everything under the run date except the resume journals and ``_teacher/``.
         ``sample``: ``sample/``, the QA outputs and stats, the sample and QA error files, the
-        manifest. ``qa`` with ``shard_index``: that shard's output, stats, error
+        manifest. ``qa`` with ``shard_index``: that shard's outputs (JSONL and Parquet), stats, error
         file and temporary files, and the manifest (the other shards may be running; they stay).
         ``qa`` without a shard: every shard, as for ``sample`` less ``sample/``. ``publish``: the
-        manifest. Temporary files of killed writers go with the folders they are in.
+        manifest. The dataset card (``README.md``) goes with the manifest. Temporary files of killed
+        writers go with the folders they are in.
         """
         if step not in STEPS:
             raise ValueError(f"unknown step {step!r}; one of {STEPS}")
         # the manifest, and a killed publish's temporary manifest, are stale after any rerun
         doomed: list[str] = [self.manifest, self.manifest_failed] + [u for u in list_dir(self.root)
                                                                     if is_temp_name(basename(u))]
+        doomed.append(self.dataset_card)  # it describes the published run
         if step == "qa" and shard_index is not None:
             mine = {basename(u) for u in (self.qa_shard(shard_index), self.qa_stats(shard_index),
-                                          self.qa_errors(shard_index))}
+                                          self.qa_errors(shard_index), self.qa_parquet(shard_index))}
             for uri in list_all(self.qa_dir) + list_all(self.errors_dir):
                 name = basename(uri)
                 if name in mine or (is_temp_name(name) and name[1:].split(TMP_MARK)[0] in mine):

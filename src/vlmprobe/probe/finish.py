@@ -24,6 +24,7 @@ from vlmprobe.probe.loop import RankProbe
 from vlmprobe.probe.pipeline import summarize
 from vlmprobe.probe.plan import WorkPlan
 from vlmprobe.probe.resume import RETRIED_REASONS, ProbeJournal
+from vlmprobe.provenance import probe_provenance
 
 log = logging.getLogger("vlmprobe.probe")
 
@@ -122,6 +123,7 @@ def finish_step(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: l
         ranks=gathered,
         started_at=started_at.isoformat(),
         elapsed_s=round(time.monotonic() - t0, 3),
+        provenance=probe_provenance(plan.fingerprints, getattr(cfg, "target_revision", None)),
     )
     success.write(layout.probe_success)
     retried = sum(reasons[r] for r in RETRIED_REASONS)

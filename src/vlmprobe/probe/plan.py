@@ -73,6 +73,8 @@ class WorkPlan:
     files: list[str]
     units: list[WorkUnit]
     lost: list[ReadError] = field(default_factory=list)  # unreadable footers, missing columns
+    # each file's {uri, size, mtime} as the store described it (vlmprobe.provenance.file_fingerprint)
+    fingerprints: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_rows(self) -> int:
@@ -96,22 +98,28 @@ class WorkPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"files": self.files, "units": [u.to_dict() for u in self.units],
-                "lost": [vars(e) for e in self.lost]}
+                "lost": [vars(e) for e in self.lost], "fingerprints": self.fingerprints}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> WorkPlan:
         return cls(list(d["files"]), [WorkUnit.from_dict(u) for u in d["units"]],
-                   [ReadError(**e) for e in d["lost"]])
+                   [ReadError(**e) for e in d["lost"]], list(d.get("fingerprints") or []))
 
 
 def plan_work(files: list[str], threads: int = FOOTER_THREADS) -> WorkPlan:
-    """Read the footers of ``files`` (in parallel) and plan the row groups; files keep their order."""
+    """Read the footers of ``files`` (in parallel) and plan the row groups; files keep their order.
+
+    Each file's fingerprint (size, modification time) is taken too, for the run's provenance.
+    """
+    from vlmprobe.provenance import file_fingerprint
+
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
         results = list(pool.map(file_units, files))
+        fingerprints = list(pool.map(file_fingerprint, files))
     units: list[WorkUnit] = []
     lost: list[ReadError] = []
     for file_unit_list, err in results:
         units.extend(file_unit_list)
         if err is not None:
             lost.append(err)
-    return WorkPlan(list(files), units, lost)
+    return WorkPlan(list(files), units, lost, fingerprints)

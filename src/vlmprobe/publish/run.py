@@ -16,7 +16,9 @@ lines of every output file, and:
 - otherwise writes ``manifest.json`` (:class:`vlmprobe.contracts.Manifest`, with its
   ``schema_version``): per step the counts, the input accounting, what bound the probe, the
   teacher's figures (requests, retries, 429s, prompt/output/thinking/cached tokens, estimated
-  cost) and the QA items the target failed; run totals.
+  cost) and the QA items the target failed; run totals; the QA Parquet files (their footers'
+  rows must equal the items) and the run's provenance (:mod:`vlmprobe.provenance`); then the
+  dataset card ``README.md`` (:mod:`vlmprobe.publish.dataset`).
 
 Teacher figures per step are the sums of the ``teacher`` stats of the probe's ranks and the QA
 shards, i.e. of the attempts that produced the outputs; ``teacher.all_attempts`` adds up the
@@ -41,6 +43,8 @@ from vlmprobe.contracts import (AttemptFigures, BoundBy, BudgetReachedRows, Chec
 from vlmprobe.errors import VlmprobeError
 from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_tree
 from vlmprobe.io.fs import basename, list_dir
+from vlmprobe.provenance import run_provenance
+from vlmprobe.publish.dataset import check_parquet, write_card
 from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
 
 log = logging.getLogger("vlmprobe.publish")
@@ -166,8 +170,11 @@ def _teacher_reasons(reasons: Mapping[str, int]) -> str:
     return ", ".join(f"{r} {n}" for n, r in top) or "none"
 
 
-def publish(cfg: PublishConfig) -> dict[str, Any]:
-    """Run step 4 (see the module docstring); returns the manifest's URI and the QA items, for XCom."""
+def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Run step 4 (see the module docstring); returns the manifest's URI and the QA items, for XCom.
+
+    ``worker_images``: the images the step pods ran (their tasks' XComs), for the provenance.
+    """
     layout = RunLayout(cfg.output_uri, cfg.run_date)
     for uri, step in ((layout.probe_success, "probe"), (layout.shard_plan, "sample_keys")):
         if not exists(uri):
@@ -190,6 +197,7 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
     qa_teacher: list[dict[str, Any]] = []
     checked_shards = 0
     shards: list[ManifestShard] = []
+    shard_stats: list[QAShardStats] = []
     for shard in plan.shards:
         i = shard.shard_index
         stats_uri = layout.qa_stats(i)
@@ -197,6 +205,7 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
             problems.append(f"qa shard {i} has no complete output ({layout.qa_shard(i)})")
             continue
         stats = QAShardStats.read(stats_uri)
+        shard_stats.append(stats)
         items = _count_lines(layout.qa_shard(i))
         if items != stats.counts.items or stats.counts.failures != shard.count:
             problems.append(f"qa shard {i}: {items} items on disk, stats {stats.counts.model_dump()}, "
@@ -210,6 +219,8 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
                                     elapsed_s=stats.elapsed_s))
     if not problems and qa_counts["failures"] != sc.sampled:
         problems.append(f"qa saw {qa_counts['failures']} failures, sample_keys kept {sc.sampled}")
+    dataset, parquet_uris, dataset_problems = check_parquet(shard_stats)  # the files' footers
+    problems += dataset_problems
     if problems:
         raise RuntimeError("refusing to publish " + cfg.run_date + ":\n- " + "\n- ".join(problems))
 
@@ -246,21 +257,26 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
         timings_s=Timings(probe=probe.elapsed_s,
                           qa_slowest_shard=max((s.elapsed_s for s in shards), default=0.0),
                           qa_all_shards=round(sum(s.elapsed_s for s in shards), 3)),
-        outputs=Outputs(qa=[s.uri for s in shards], failures=plan.failures_uri, errors=layout.errors_dir),
+        outputs=Outputs(qa=[s.uri for s in shards], failures=plan.failures_uri, errors=layout.errors_dir,
+                        qa_parquet=parquet_uris, dataset_card=None if failed else layout.dataset_card),
         checks=checks,
         failed=failed or None,
+        dataset=dataset,
+        provenance=run_provenance(probe, cfg.run_conf(), worker_images),
     )
     if failed:
         manifest.write(layout.manifest_failed)
         raise RunFailed(f"run {cfg.run_date} failed: " + "; ".join(failed) +
                         f"; the outputs stay for inspection, the figures are in {layout.manifest_failed}")
     manifest.write(layout.manifest)
+    write_card(layout, manifest, plan)  # README.md: the dataset card
     # Every shard finished (its journal went with it); journals left by shards of an earlier plan go now.
     remove_tree(layout.qa_journal)
     log.info("published %s: %d QA items from %d failures", layout.manifest, qa_counts["items"], sc.sampled)
     for step, figures in (("probe", probe_teacher), ("qa", qa_teacher_figures)):
         log.info("teacher %s", teacher_line(step, figures))
-    return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest.outputs.qa}
+    return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest.outputs.qa,
+            "dataset_card": layout.dataset_card}
 
 
 def teacher_line(step: str, t: TeacherFigures) -> str:

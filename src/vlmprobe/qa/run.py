@@ -9,7 +9,9 @@ by ``request_delay``, the client's quota shares and retries) or one at a time wi
 ``qa_keep=target_failed``: counted in ``items_dropped_target_passed`` when the target answered
 all of them) or as one error row in ``errors/qa-shard-NNNNN.jsonl`` with its reason (a record
 without the fields QA needs, an unreadable image, a teacher error, no valid pair); one bad
-record never stops the others. ``qa/_shard-NNNNN.stats.json``
+record never stops the others. The written items also go to ``qa/parquet/shard-NNNNN.parquet``
+with their images (:mod:`vlmprobe.qa.dataset`), a dataset ``datasets`` loads as it is.
+``qa/_shard-NNNNN.stats.json``
 (:class:`vlmprobe.contracts.QAShardStats`, with its ``schema_version``: counts, tokens, the
 teacher's figures, timings) is written last and marks the shard complete.
 
@@ -61,6 +63,7 @@ from vlmprobe.contracts import (QACounts, QAJournalHeader, QAShardSpan, QAShardS
                                 TokenCounts)
 from vlmprobe.errors import InputError, require_fields
 from vlmprobe.io import Journal, JsonlWriter, RunLayout, exists, join
+from vlmprobe.qa.dataset import write_shard_parquet
 from vlmprobe.qa.items import TOKEN_FIELDS, Outcome, ShardQA, load_images
 from vlmprobe.qa.target_check import TargetCheck, check_mode, decoded_rgb
 
@@ -289,7 +292,8 @@ async def _answer(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str])
 
 def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str], teacher_stats: dict[str, Any],
                    t0: float) -> QAShardStats:
-    """The shard's items and error rows in the shard's order, then its stats, written last: the shard is complete.
+    """The shard's items and error rows in the shard's order, the items again as Parquet, then its stats,
+    written last: the shard is complete.
 
     ``outcomes`` holds earlier attempts' (read from the journal at the start) and this attempt's;
     the target's answers are added to the items here. Replaces the files of an earlier attempt.
@@ -299,6 +303,7 @@ def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str]
         raise RuntimeError(f"qa shard {index} lost records: {len(outcomes)} outcome(s) for {shard.count} failure(s)")
     tokens: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    kept: dict[int, list[dict[str, Any]]] = {}  # the items written, by failure: the Parquet file's rows
     counts.update(failures=len(outcomes))
     with JsonlWriter(layout.qa_shard(index)) as items_out, JsonlWriter(layout.qa_errors(index)) as errors_out:
         for seq in sorted(outcomes):
@@ -327,10 +332,14 @@ def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str]
                             counts["items_dropped_target_passed"] += 1
                             continue
                 items_out.write(item)
+                kept.setdefault(seq, []).append(item)
     counts["errors"] = errors_out.count
     counts["items"] = items_out.count
     if counts["failures"] != counts["failures_with_items"] + counts["errors"]:
         raise RuntimeError(f"qa shard {index} counts do not add up: {dict(counts)}")
+    # the same items as a dataset, with their images read again a batch at a time (vlmprobe.qa.dataset)
+    parquet = write_shard_parquet(layout.qa_parquet(index), kept,
+                                  _batches(_shard_records(s.plan, index), cfg.batch_size, kept.__contains__))
     device = getattr(check.target, "device", None) if check is not None else None
     stats = QAShardStats(
         shard_index=index,
@@ -347,6 +356,7 @@ def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str]
                                       busy_s=round(check.busy_s, 3) if check is not None else 0.0,
                                       batches=check.batches if check is not None else 0),
         elapsed_s=round(time.monotonic() - t0, 3),
+        parquet=parquet,
     )
     stats.write(layout.qa_stats(index))
     return stats

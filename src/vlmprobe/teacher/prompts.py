@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from vlmprobe.teacher.templates import TemplateSet
 
+# The prompts' version, recorded in each run's provenance and dataset card. Bump it (p2, p3, …) in
+# the commit that changes what a prompt says, what it is given or what it asks back; the
+# probing-factor templates have their own version (factor_templates/, template_version).
+PROMPTS_VERSION = "p1"
+
 
 def _choices_line(choices: list[str] | None) -> str:
     return f"Choices: {', '.join(choices)}\n" if choices else ""
