@@ -56,7 +56,7 @@ NO_QUOTA = {"teacher_rpm": 0, "teacher_tpm": 0, "teacher_rpd": 0}
 
 
 def _serve(latency_ms: float, conn) -> None:
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     with GeminiSimulator(port=0, latency_ms=latency_ms, seed=0) as sim:
         conn.send(sim.base_url)
@@ -98,7 +98,7 @@ def probe_run(target, files: list[str], out: str, *, batch: int, concurrency: in
     from vlmprobe.config import ProbeConfig
     from vlmprobe.probe.plan import plan_work
     from vlmprobe.probe.resume import ProbeJournal, fingerprint_settings
-    from vlmprobe.probe.run import RankProbe
+    from vlmprobe.probe.loop import RankProbe
 
     cfg = ProbeConfig(input_uri=os.path.dirname(files[0]), output_uri=out, run_date=RUN_DATE,
                       target_model=target.name, failure_batch_size=batch, concurrency=concurrency,
@@ -122,7 +122,7 @@ def per_image_run(target, files: list[str], out: str, rows: int) -> dict:
     from vlmprobe.io.parquet import iter_rows
     from vlmprobe.probe.plan import plan_work
     from vlmprobe.probe.resume import ProbeJournal, fingerprint_settings
-    from vlmprobe.probe.run import RankProbe, to_example
+    from vlmprobe.probe.loop import RankProbe, to_example
     from vlmprobe.vlm.answers import is_correct
     from vlmprobe.teacher.factory import make_teacher
 
@@ -156,7 +156,7 @@ def per_image_run(target, files: list[str], out: str, rows: int) -> dict:
 def choice_scoring(target, files: list[str], rows: int, batch: int, sync, rounds: int = 5) -> dict:
     """Rows/s of the scorer and of generate on the same multiple-choice rows, batched alike."""
     from vlmprobe.io.parquet import iter_rows
-    from vlmprobe.probe.run import to_example
+    from vlmprobe.probe.loop import to_example
     from vlmprobe.vlm.answers import match_choice
 
     examples = []

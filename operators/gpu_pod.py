@@ -18,8 +18,8 @@ the run's type and the deployment settings:
 
 Before anything is built the conf is checked against the deployment's allowed URI prefixes
 and target endpoints, then the optional ``preflight`` callable runs; either failing fails the
-task without a retry. In cluster mode the pod is deferred to the triggerer (no worker slot
-held while it runs). A pod that exits 2, 3 or 4 (bad input or config, teacher unusable,
+task without a retry (a store's 403 included; a preflight's storage timeout is retried). In
+cluster mode the pod is deferred to the triggerer (no worker slot held while it runs). A pod that exits 2, 3 or 4 (bad input or config, teacher unusable,
 daily quota spent: see ``vlmprobe.errors``) fails the task without a retry; other failures
 are retried. The failure message names the pod's last ERROR line.
 
@@ -103,9 +103,9 @@ class GpuPodOperator(KubernetesPodOperator):
     :param cpu: CPU request and limit of the pod, overriding ``step``'s, e.g. ``"16"``.
     :param memory: memory request and limit of the pod, overriding ``step``'s, e.g. ``"64Gi"``.
     :param preflight: called with the task context before the pod is built, in both modes;
-        ``AirflowFailException``, ``ValueError`` and ``FileNotFoundError`` fail the task without
-        a retry, with the exception's message; any other exception (a storage timeout) is
-        retried as the task's retries allow.
+        ``AirflowFailException``, ``ValueError``, ``FileNotFoundError`` and a store's refusal (a
+        403, :mod:`vlmprobe.io.access`) fail the task without a retry, with the exception's
+        message; any other exception (a storage timeout) is retried as the task's retries allow.
     """
 
     template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "gpus")
@@ -284,6 +284,14 @@ class GpuPodOperator(KubernetesPodOperator):
             self.preflight(context)
         except (ValueError, FileNotFoundError) as e:  # deterministic, like a step's exit code 2
             raise AirflowFailException(f"preflight: {e}") from e
+        except OSError as e:
+            # A store refusing this worker (403: identity not bound) fails the same way every time.
+            from vlmprobe.io.access import access_denied
+
+            denied = access_denied(e)
+            if denied is None:
+                raise
+            raise AirflowFailException(f"preflight: {denied}") from e
         # AirflowFailException passes as it is; anything else (a storage timeout, a 503) too, and
         # the task's retry applies
 

@@ -56,13 +56,14 @@ def say(text: str) -> None:
 
 # -- processes -----------------------------------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
+def _alive(pid: int, *, group: bool = False) -> bool:
+    """Whether process ``pid`` (with ``group``: any process of group ``pid``) exists; signal 0 sends nothing."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # it exists, under another user
     return True
 
 
@@ -75,7 +76,7 @@ def running() -> dict[str, int]:
         except ValueError:
             f.unlink()
             continue
-        if _pid_alive(pid):
+        if _alive(pid):
             out[f.stem] = pid
         else:
             f.unlink()
@@ -102,10 +103,10 @@ def stop_all(timeout_s: float = 30.0) -> list[str]:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and any(_group_alive(p) for p in procs.values()):
+    while time.monotonic() < deadline and any(_alive(p, group=True) for p in procs.values()):
         time.sleep(0.3)
     for pid in procs.values():
-        if _group_alive(pid):
+        if _alive(pid, group=True):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -113,16 +114,6 @@ def stop_all(timeout_s: float = 30.0) -> list[str]:
     for name in procs:
         (PIDS / f"{name}.pid").unlink(missing_ok=True)
     return list(procs)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- setup ---------------------------------------------------------------------------------------
@@ -174,9 +165,10 @@ def start_simulator(env: dict[str, str]) -> str:
 
 
 def airflow_env(sim_url: str, parquet: str, model: str, secret: dict[str, str]) -> dict[str, str]:
+    from vlmprobe.demo.data import DEMO_RUN_PARAMS
+
     bin_dir = str(Path(sys.executable).parent)
-    defaults = {"target_model": model, "nproc_per_node": 2, "failure_batch_size": 8, "parquet_sample_size": 4,
-                "samples_per_key": 4, "num_shards": 2, "concurrency": 8, "batch_size": 16}
+    defaults = {"target_model": model, **DEMO_RUN_PARAMS}
     return {
         **os.environ,
         "AIRFLOW_HOME": str(HOME),

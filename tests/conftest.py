@@ -56,7 +56,7 @@ def answering_llava(tiny_llava, tmp_path_factory) -> str:
 @pytest.fixture
 def gemini_sim(monkeypatch):
     """A Gemini simulator on loopback, with the client's env pointed at it."""
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     with GeminiSimulator(port=0, latency_ms=0, seed=1) as sim:
         monkeypatch.setenv("GEMINI_API_KEY", "test-key-not-secret")

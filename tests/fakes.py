@@ -2,9 +2,57 @@
 
 from __future__ import annotations
 
-from vlmprobe.io import JsonlWriter, RunLayout, list_files, write_json
+from typing import Any
+
+from vlmprobe.contracts import (InputAccounting, PipelineSummary, ProbeCounts, ProbeRankStats, ProbeSuccess, QACounts,
+                                QAShardStats, RankPipeline, TargetCheckStats, TokenCounts)
+from vlmprobe.io import JsonlWriter, RunLayout, list_files
 
 RUN_DATE = "2026-11-25"
+
+
+def fake_pipeline(wall: float = 1.0, busy: float = 0.5, teacher_wait: float = 0.0, bound: str = "target",
+                  tail: float = 0.0) -> RankPipeline:
+    """One rank's pipeline stats, made up."""
+    return RankPipeline(wall_s=wall, device_busy_s=busy, input_wait_s=0.5, teacher_wait_s=teacher_wait, tail_s=tail,
+                        prepare_s=0.1, read_s=0.1, batches=2, busy_fraction=busy / wall, bound=bound)
+
+
+def fake_rank(lay: RunLayout, rank: int, *, teacher: dict[str, Any] | None = None,
+              pipeline: RankPipeline | None = None) -> ProbeRankStats:
+    """One rank's stats in ``_SUCCESS.json``, made up (its counts are not summed into the step's)."""
+    return ProbeRankStats(
+        rank=rank, work_units=1, files=[], failures_uri=lay.probe_rank(rank), errors_uri=lay.probe_errors(rank),
+        counts=ProbeCounts(rows=0, passed=0, wrong=0, verified=0, rejected=0, errors=0, read_errors=0, resumed=0,
+                           probed=0),
+        input=InputAccounting(files=0, files_lost=0, files_lost_rows_unknown=0, row_groups=0, row_groups_lost=0,
+                              rows_read=0, rows_lost=0),
+        error_reasons={}, tokens={}, teacher=teacher or {}, pipeline=pipeline or fake_pipeline(),
+        finished_at=0.0, elapsed_s=1.0)
+
+
+def fake_success(lay: RunLayout, failure_files: list[str], *, verified: int = 0, **fields: Any) -> ProbeSuccess:
+    """Write ``probe/_SUCCESS.json`` as rank 0 would, with made-up figures; ``fields`` replace any of them.
+
+    The counts add up: ``verified`` failures among ``verified + 5`` rows (3 passed, 1 rejected, 1 error).
+    """
+    rows = verified + 5
+    values: dict[str, Any] = dict(
+        run_date=lay.run_date, world_size=len(failure_files), input_uri="/in", input_files=[],
+        failure_files=failure_files, error_files=[lay.probe_errors(r) for r in range(len(failure_files))],
+        counts=ProbeCounts(rows=rows, passed=3, wrong=verified + 1, verified=verified, rejected=1, errors=1,
+                           read_errors=0, resumed=0, probed=rows),
+        input=InputAccounting(files=1, files_lost=0, files_lost_rows_unknown=0, row_groups=1, row_groups_lost=0,
+                              rows_read=rows, rows_lost=0),
+        error_reasons={"image_unreadable": 1}, tokens={"prompt_tokens": 1000, "output_tokens": 100}, teacher={},
+        pipeline=PipelineSummary(ranks=len(failure_files), wall_s=1.0, device_busy_s=0.5, input_wait_s=0.0,
+                                 teacher_wait_s=0.0, tail_s=0.0, busy_fraction=0.5, bound="target",
+                                 devices_for_same_time=1),
+        target_model="tiny", teacher_model="gemini-2.5-flash", template_version="v1", ranks=[],
+        started_at="2026-11-26T02:00:00+00:00", elapsed_s=1.0)
+    success = ProbeSuccess(**{**values, **fields})
+    success.write(lay.probe_success)
+    return success
 
 
 def fake_probe(out: str, parquet_dir: str, per_key: dict[str, int], ranks: int = 2) -> RunLayout:
@@ -21,13 +69,25 @@ def fake_probe(out: str, parquet_dir: str, per_key: dict[str, int], ranks: int =
         with JsonlWriter(lay.probe_rank(r)) as w:
             for rec in records[r::ranks]:
                 w.write(rec)
-    n = len(records)
-    write_json(lay.probe_success, {
-        "failure_files": [lay.probe_rank(r) for r in range(ranks)], "world_size": ranks, "input_files": files,
-        "counts": {"rows": n + 5, "passed": 3, "wrong": n + 1, "verified": n, "rejected": 1, "errors": 1},
-        "tokens": {"prompt_tokens": 1000, "output_tokens": 100}, "target_model": "tiny", "teacher_model": "gemini-2.5-flash",
-        "elapsed_s": 1.0})
+    fake_success(lay, [lay.probe_rank(r) for r in range(ranks)], verified=len(records), input_files=files)
     return lay
+
+
+def fake_qa_stats(lay: RunLayout, index: int, counts: QACounts, *, error_reasons: dict[str, int] | None = None,
+                  elapsed_s: float = 0.1, checked: bool = False, tokens: TokenCounts | None = None,
+                  teacher: dict[str, Any] | None = None) -> QAShardStats:
+    """Write ``qa/_shard-NNNNN.stats.json`` as a QA shard would, with made-up figures."""
+    stats = QAShardStats(
+        shard_index=index, qa_uri=lay.qa_shard(index), errors_uri=lay.qa_errors(index), counts=counts,
+        error_reasons=error_reasons or {},
+        tokens=tokens or TokenCounts(prompt_tokens=10, output_tokens=5, thinking_tokens=0, cached_tokens=0),
+        teacher=teacher or {}, teacher_model="gemini-2.5-flash",
+        target_check=TargetCheckStats(enabled=checked, mode="on" if checked else "off", keep="all",
+                                      target_model="tiny" if checked else None, device="cpu" if checked else None,
+                                      busy_s=0.0, batches=0),
+        elapsed_s=elapsed_s)
+    stats.write(lay.qa_stats(index))
+    return stats
 
 
 def crash_qa_shard_on(monkeypatch, n: int):
@@ -35,9 +95,9 @@ def crash_qa_shard_on(monkeypatch, n: int):
 
     Returns the undo (the real handler back) for the rerun.
     """
-    from vlmprobe.qa import run as qa_run
+    from vlmprobe.qa import items as qa_items
 
-    real = qa_run.ShardQA.handle
+    real = qa_items.ShardQA.handle
     calls = {"n": 0}
 
     async def handle(self, seq, rec, image):
@@ -46,5 +106,5 @@ def crash_qa_shard_on(monkeypatch, n: int):
             raise RuntimeError("pod evicted")
         return await real(self, seq, rec, image)
 
-    monkeypatch.setattr(qa_run.ShardQA, "handle", handle)
-    return lambda: monkeypatch.setattr(qa_run.ShardQA, "handle", real)
+    monkeypatch.setattr(qa_items.ShardQA, "handle", handle)
+    return lambda: monkeypatch.setattr(qa_items.ShardQA, "handle", real)

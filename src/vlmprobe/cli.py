@@ -149,10 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "first failing rank's code; omit when already under torchrun")
 
     from vlmprobe.demo import data as demo_data
-    from vlmprobe.sim import server as sim_server
+    from vlmprobe.sim import cli as sim_cli
 
     demo_data.add_arguments(add("demo-data", help="Write synthetic parquet files and a tiny LLaVA for the offline demo."))
-    sim_server.add_arguments(add("gemini-sim", help="Serve the Gemini simulator on loopback (tests and the offline demo)."))
+    sim_cli.add_arguments(add("gemini-sim", help="Serve the Gemini simulator on loopback (tests and the offline demo)."))
     return parser
 
 
@@ -253,9 +253,9 @@ def _run(args: argparse.Namespace, argv: list[str], debug: bool) -> int:
 
         return demo_data.main(args)
     if args.command == "gemini-sim":
-        from vlmprobe.sim import server as sim_server
+        from vlmprobe.sim import cli as sim_cli
 
-        return sim_server.main(args)
+        return sim_cli.main(args)
     model, run, _ = STEPS[args.command]
     config = _config_from_args(model, args)  # validated before any rank starts
     nproc = getattr(args, "nproc_per_node", None)

@@ -22,36 +22,39 @@ Cheap to import (the DAG file does, at parse time).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
+
+if TYPE_CHECKING:  # the DAG file imports this module at parse time: no pydantic models loaded for it
+    from vlmprobe.contracts import Manifest
 
 QA_DATASET = Asset(name="vlmprobe_qa_dataset", uri="vlmprobe://vlm_failure_pipeline/qa", group="vlmprobe")
 
 
-def qa_event_extra(manifest: Mapping[str, Any], manifest_uri: str) -> dict[str, Any]:
+def qa_event_extra(manifest: Manifest, manifest_uri: str) -> dict[str, Any]:
     """The Asset event's ``extra`` for a published run: where it is and the manifest's counts.
 
     Besides the counts of each step: the probe's input accounting (rows read, rows lost, files
     lost), the QA items the target failed (when the target check ran) and the teacher's run
     totals (requests, retries, 429s, tokens, estimated cost).
     """
-    qa = manifest["qa"]
-    check = qa.get("target_check") or {}
-    teacher = (manifest.get("teacher") or {}).get("run") or {}
+    qa = manifest.qa
+    check = qa.target_check
+    teacher = manifest.teacher.run
     return {
-        "run_date": manifest["run_date"],
+        "run_date": manifest.run_date,
         "manifest_uri": manifest_uri,
-        "qa_uris": list(manifest["outputs"]["qa"]),
-        "qa_items": qa["counts"].get("items", 0),
-        "qa_items_checked": check.get("items_checked"),
-        "qa_items_target_failed": check.get("items_target_failed"),
-        "counts": {step: dict(manifest[step]["counts"]) for step in ("probe", "sample", "qa")},
-        "input": dict(manifest["probe"].get("input") or {}),
-        "teacher": {k: teacher[k] for k in ("requests", "retries", "rate_limited", "estimated_cost_usd")
-                    if k in teacher},
-        "tokens": dict(manifest.get("tokens", {})),
-        "estimated_cost_usd": manifest.get("estimated_cost_usd"),
-        "models": dict(manifest.get("models", {})),
+        "qa_uris": list(manifest.outputs.qa),
+        "qa_items": qa.counts.get("items", 0),
+        "qa_items_checked": check.items_checked if check is not None else None,
+        "qa_items_target_failed": check.items_target_failed if check is not None else None,
+        "counts": {"probe": manifest.probe.counts.model_dump(), "sample": manifest.sample.counts.model_dump(),
+                   "qa": dict(qa.counts)},
+        "input": manifest.probe.input.model_dump(),
+        "teacher": {"requests": teacher.requests, "retries": teacher.retries, "rate_limited": teacher.rate_limited,
+                    "estimated_cost_usd": teacher.estimated_cost_usd},
+        "tokens": manifest.tokens.model_dump(),
+        "estimated_cost_usd": manifest.estimated_cost_usd,
+        "models": manifest.models.model_dump(),
     }

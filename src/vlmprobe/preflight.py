@@ -10,7 +10,9 @@ before the probe pod is created — its GPUs are the expensive part — and chec
    deleted again.
 
 A failed check raises ``AirflowFailException``: the task fails at once, without a retry, with a
-sentence that says what to change. A storage error that may pass (a timeout, a 503) is left to
+sentence that says what to change. A store that refuses this worker (a 403: Workload Identity or
+IRSA not bound) is such a failure too, named with the URI and the worker's identity
+(:mod:`vlmprobe.io.access`). A storage error that may pass (a timeout, a 503) is left to
 propagate as it is, so the task's normal retry applies.
 
 Imported at DAG parse time (the DAG hands :func:`preflight` to the probe task): nothing heavy at
@@ -67,6 +69,7 @@ def check_conf(params: Mapping[str, Any], conf: Mapping[str, Any] | None) -> Non
 
 def check_input(input_uri: str, run_date: str) -> str:
     """The expanded input URI; :class:`InputError` when it is missing or holds no parquet file."""
+    from vlmprobe.io.access import access_denied
     from vlmprobe.io.fs import list_files
 
     uri = expand_uri(input_uri, run_date)
@@ -75,6 +78,8 @@ def check_input(input_uri: str, run_date: str) -> str:
         files = list_files(uri, suffix=".parquet")
     except FileNotFoundError:
         raise InputError(f"input {shown} does not exist: check input_uri and the run date") from None
+    except OSError as e:  # a refusal is deterministic; anything else (a timeout) propagates: retried
+        raise access_denied(e, uri) or e
     if not files:
         raise InputError(f"input {shown} holds no .parquet files (names starting with _ or . are skipped)")
     log.info("input %s: %d parquet file(s)", uri, len(files))
@@ -83,7 +88,8 @@ def check_input(input_uri: str, run_date: str) -> str:
 
 def check_output_writable(output_uri: str, run_date: str) -> None:
     """Create and delete a marker under ``{output_uri}/{run_date}/``; :class:`InputError` if refused."""
-    from vlmprobe.io.fs import join, remove_file, write_json
+    from vlmprobe.io.access import access_denied
+    from vlmprobe.io.fs import is_local, join, remove_file, write_json
 
     marker = join(output_uri, run_date, f"_preflight-{uuid.uuid4().hex[:12]}.json")
     try:
@@ -91,8 +97,13 @@ def check_output_writable(output_uri: str, run_date: str) -> None:
         remove_file(marker)
     except (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError) as e:
         # deterministic; other OSErrors (a timeout, a 503) propagate and the task's retry applies
+        denied = None if is_local(output_uri) else access_denied(e, join(output_uri, run_date))
+        if denied is not None:
+            raise denied
         raise InputError(f"output_uri {output_uri} is not writable ({e}); fix its permissions or choose "
                          f"another output_uri") from None
+    except OSError as e:  # an object store's 403
+        raise access_denied(e, join(output_uri, run_date)) or e
     log.info("output %s is writable", join(output_uri, run_date))
 
 

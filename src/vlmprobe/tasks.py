@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from vlmprobe.config import PublishConfig, SampleConfig
 from vlmprobe.errors import DETERMINISTIC_EXIT_CODES, UsageError, exit_code_for
+from vlmprobe.io.access import access_denied
 from vlmprobe.preflight import check_conf
 from vlmprobe.rundate import run_date_of_dag_run
 from vlmprobe.shared_volume import share_with_group
@@ -34,6 +35,7 @@ def fail_without_retry(step: str) -> Iterator[None]:
     try:
         yield
     except Exception as e:
+        e = access_denied(e) or e  # a store's 403: deterministic, one line with the URI and identity
         code, _ = exit_code_for(e)
         if code not in DETERMINISTIC_EXIT_CODES:
             raise
@@ -72,7 +74,7 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
     event carries where the dataset is and the manifest's counts.
     """
     share_with_group()  # steps share one volume (vlmprobe.shared_volume)
-    from vlmprobe.io import read_json
+    from vlmprobe.contracts import Manifest
     from vlmprobe.publish.run import publish
 
     with fail_without_retry("publish"):
@@ -81,7 +83,7 @@ def publish_task(params: Mapping[str, Any], dag_run: Any, outlet_events: Any = N
     if outlet_events is not None:
         from vlmprobe.lineage import QA_DATASET, qa_event_extra
 
-        extra = qa_event_extra(read_json(result["manifest_uri"]), result["manifest_uri"])
+        extra = qa_event_extra(Manifest.read(result["manifest_uri"]), result["manifest_uri"])
         outlet_events[QA_DATASET].extra = extra
         log.info("asset %s: run date %s, %d QA items", QA_DATASET.name, extra["run_date"], extra["qa_items"])
     return result

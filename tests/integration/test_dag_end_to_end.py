@@ -111,7 +111,7 @@ def _asset_events(env) -> list[dict]:
 
 
 def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_llava):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
             "nproc_per_node": 2, "failure_batch_size": 6, "parquet_sample_size": 4, "samples_per_key": 2,

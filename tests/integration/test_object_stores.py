@@ -151,18 +151,29 @@ def test_listing_and_ranged_reads_match_local_behaviour(store):
         list_files(f"{root}/missing")
 
 
+def _eventually(check, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return check()
+
+
 def test_journal_segments_on_an_object_store(store):
     d = _fresh(store, "journal") + "/_journal"
-    with Journal(d, "shard-00000", flush_every=3, flush_interval_s=0.3) as j:
-        for i in range(4):
-            j.append({"id": str(i)})
-        assert j.done_ids() == {"0", "1", "2"}  # one segment of 3; the 4th waits in the buffer
-        deadline = time.monotonic() + 30
-        while j.done_ids() != {"0", "1", "2", "3"} and time.monotonic() < deadline:
-            time.sleep(0.1)  # the idle buffer is flushed after flush_interval_s
+    with Journal(d, "shard-00000", flush_every=3, flush_interval_s=60) as j:
+        for i in range(3):
+            j.append({"id": str(i)})  # only queued: the flusher thread writes the segments
+        assert _eventually(lambda: j.done_ids() == {"0", "1", "2"})  # one segment of 3 ...
+        j.append({"id": "3"})
+        time.sleep(0.5)
+        assert j.done_ids() == {"0", "1", "2"}  # ... the 4th waits in the queue (interval: 60 s)
+        j.flush()
         assert j.done_ids() == {"0", "1", "2", "3"}
         j.append({"id": "4"})
     assert Journal(d, "other").done_ids() == {"0", "1", "2", "3", "4"} and len(j.segments()) == 3
+    with Journal(d, "shard-00001", flush_every=1000, flush_interval_s=0.3) as idle:
+        idle.append({"id": "5"})
+        assert _eventually(lambda: "5" in idle.done_ids())  # an idle queue is written after the interval
 
 
 def _cli(store: Store, sim, *args: str) -> subprocess.CompletedProcess:

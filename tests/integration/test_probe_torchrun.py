@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vlmprobe.io import RunLayout, iter_jsonl, list_files, read_json, write_json
-from vlmprobe.sim.server import GeminiSimulator
+from vlmprobe.sim import GeminiSimulator
 
 pytestmark = pytest.mark.slow
 RUN_DATE = "2026-11-25"

@@ -19,7 +19,7 @@ from vlmprobe.config import SampleConfig
 from vlmprobe.io import exists, iter_jsonl, read_json, write_json
 from vlmprobe.io.fs import write_bytes
 from vlmprobe.sample.run import sample_keys
-from vlmprobe.sim.server import GeminiSimulator
+from vlmprobe.sim import GeminiSimulator
 from fakes import RUN_DATE, fake_probe
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, UnidentifiedImageError
 
 from vlmprobe.demo import data
-from vlmprobe.demo.data import COLORS, SCHEMA, draw_scene, iter_demo_examples, write_demo_parquet
+from vlmprobe.demo.data import COLORS, DEMO_RUN_PARAMS, SCHEMA, draw_scene, iter_demo_examples, write_demo_parquet
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +110,10 @@ def test_demo_data_command(tmp_path, capsys):
     assert sorted(os.listdir(summary["parquet"])) == ["part-00000.parquet", "part-00001.parquet"]
     assert os.path.isfile(os.path.join(summary["tiny_llava"], "config.json"))
     assert os.path.isfile(os.path.join(summary["tiny_llava"], "model.safetensors"))
+
+
+def test_the_demo_run_params_are_dag_params():
+    # make demo passes them as a run's conf, make up as the DAG's defaults: a misspelt name would fail there
+    from vlmprobe.params import default_overrides
+
+    assert default_overrides(json.dumps(DEMO_RUN_PARAMS)) == DEMO_RUN_PARAMS

@@ -58,6 +58,9 @@ SETTINGS_KEYS = {
 }
 PRIORITY_KEYS = {"VLMPROBE_PRIORITY_CLASS", "VLMPROBE_BACKFILL_PRIORITY_CLASS"}
 CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
+GSA = "vlmprobe@project.iam.gserviceaccount.com"
+ROLE_ARN = "arn:aws:iam::123456789012:role/vlmprobe"
+IDENTITY_KEYS = {"iam.gke.io/gcp-service-account", "eks.amazonaws.com/role-arn"}
 
 # A stand-in key; real Gemini keys start with "AIza", which must appear nowhere in helm/.
 FAKE_API_KEY = "test-only-not-a-key-7f3a"
@@ -70,7 +73,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "priorityClasses": {"enabled": False},
         "gpuQuota": {"enabled": False},
         "networkPolicy": {"enabled": False},
-        "airflow": {"triggererServiceAccount": ""},
+        "airflow": {"triggererServiceAccount": "", "createWorkerServiceAccount": False},
+        "connectivityCheck": {"enabled": False},
     },
     "separate_namespaces": {
         "namespace": {"create": True, "name": "gpu-pods"},
@@ -88,9 +92,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "networkPolicy": {"httpsTo": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}],
                           "extraEgress": [{"to": [{"podSelector": {"matchLabels": {"app": "vllm"}}}],
                                            "ports": [{"port": 8000, "protocol": "TCP"}]}]},
-        "serviceAccount": {"annotations": {"iam.gke.io/gcp-service-account": "probe@p.iam.gserviceaccount.com"}},
+        "storageIdentity": {"gcpServiceAccount": GSA, "awsRoleArn": ROLE_ARN},
+        "serviceAccount": {"annotations": {"example.com/owner": "ml-data"}},
         "labels": {"team": "ml-data"},
     },
+    "node_local_dns": {"networkPolicy": {"dns": "node-local", "dnsServerIps": ["10.0.0.10"]}},
+    "any_dns": {"networkPolicy": {"dns": "any"}},
 }
 
 
@@ -109,6 +116,11 @@ def render(chart: helm.Chart, values: dict[str, Any], namespace: str = NAMESPACE
             continue
         docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return docs
+
+
+def installed(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What `helm install` creates: the objects without a hook (test pods run only in `helm test`)."""
+    return [d for d in docs if "helm.sh/hook" not in (d["metadata"].get("annotations") or {})]
 
 
 def only(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -130,7 +142,7 @@ def named(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
 def test_default_render_has_the_pod_prerequisites_and_the_guards(chart):
     docs = render(chart, {})
 
-    assert sorted(doc["kind"] for doc in docs) == [
+    assert sorted(doc["kind"] for doc in installed(docs)) == [
         "ConfigMap",
         "NetworkPolicy",
         "PersistentVolumeClaim",
@@ -142,14 +154,16 @@ def test_default_render_has_the_pod_prerequisites_and_the_guards(chart):
         "RoleBinding",
         "RoleBinding",
         "ServiceAccount",
+        "ServiceAccount",
     ]
+    assert [d["kind"] for d in docs if d not in installed(docs)] == ["Pod"]  # the `helm test` check
     for doc in docs:
         if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"]["namespace"] == NAMESPACE
 
 
 def test_optional_objects_can_be_turned_off(chart):
-    kinds = sorted(doc["kind"] for doc in render(chart, VALUE_SETS["all_off"]))
+    kinds = sorted(doc["kind"] for doc in render(chart, VALUE_SETS["all_off"]))  # hooks included
     assert kinds == ["ConfigMap", "PersistentVolumeClaim", "Role", "RoleBinding", "ServiceAccount"]
 
 
@@ -221,20 +235,24 @@ def test_settings_follow_the_values(chart):
     assert data["VLMPROBE_ALLOWED_URI_PREFIXES"] == "/data,gs://team/vqa"
 
 
-def test_scheduled_runs_outrank_backfills(chart):
+def test_scheduled_runs_outrank_backfills_and_evict_nobody_unless_told(chart):
     classes = {d["metadata"]["name"]: d for d in render(chart, {}) if d["kind"] == "PriorityClass"}
 
     assert classes["vlmprobe-scheduled"]["value"] > classes["vlmprobe-backfill"]["value"]
-    assert classes["vlmprobe-backfill"]["preemptionPolicy"] == "Never"
+    # cluster-scoped: a class that may preempt could evict other teams' pods of lower priority
+    assert {c["preemptionPolicy"] for c in classes.values()} == {"Never"}
     assert not any(c["globalDefault"] for c in classes.values())
+    opted_in = render(chart, {"priorityClasses": {"scheduled": {"preemptionPolicy": "PreemptLowerPriority"}}})
+    policies = {d["metadata"]["name"]: d["preemptionPolicy"] for d in opted_in if d["kind"] == "PriorityClass"}
+    assert policies == {"vlmprobe-scheduled": "PreemptLowerPriority", "vlmprobe-backfill": "Never"}
 
 
 def test_pod_objects_are_the_ones_the_settings_name(chart):
     docs = render(chart, {})
     data = settings(docs)
 
-    assert only(docs, "ServiceAccount")["metadata"]["name"] == data["VLMPROBE_SERVICE_ACCOUNT"]
-    assert only(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    step_account = named(docs, "ServiceAccount", data["VLMPROBE_SERVICE_ACCOUNT"])
+    assert step_account["automountServiceAccountToken"] is False
     assert only(docs, "PersistentVolumeClaim")["metadata"]["name"] == data["VLMPROBE_DATA_PVC"]
 
 
@@ -306,9 +324,11 @@ def test_separate_namespaces_put_settings_with_airflow_and_pods_elsewhere(chart)
     assert only(docs, "ConfigMap")["metadata"]["namespace"] == "airflow"
     assert settings(docs)["VLMPROBE_NAMESPACE"] == "gpu-pods"
     for doc in docs:
-        if doc["kind"] in ("ServiceAccount", "PersistentVolumeClaim", "Role", "RoleBinding", "NetworkPolicy",
-                           "ResourceQuota"):
+        if doc["kind"] in ("PersistentVolumeClaim", "Role", "RoleBinding", "NetworkPolicy", "ResourceQuota", "Pod"):
             assert doc["metadata"]["namespace"] == "gpu-pods", doc["kind"]
+    accounts = {d["metadata"]["name"]: d["metadata"]["namespace"] for d in docs if d["kind"] == "ServiceAccount"}
+    # the step pods' account where they run, the Airflow workers' where Airflow runs
+    assert accounts == {"vlmprobe-worker": "gpu-pods", "airflow-worker": "airflow"}
 
 
 def test_namespace_create_for_the_release_namespace_is_refused(chart):
@@ -472,3 +492,95 @@ def test_no_api_key_is_committed_under_helm():
             if "AIza" in text or re.search(r"apiKey:\s*['\"]?[^'\"\s#]", text):
                 offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+def _accounts(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == "ServiceAccount"}
+
+
+def test_the_airflow_workers_and_the_step_pods_carry_one_storage_identity(chart):
+    # defaults: both accounts exist, no identity annotation (local data or keys)
+    defaults = _accounts(render(chart, {}))
+    step, workers = defaults["vlmprobe-worker"], defaults["airflow-worker"]
+    assert not IDENTITY_KEYS & set(step["metadata"].get("annotations") or {})
+    assert not IDENTITY_KEYS & set(workers["metadata"].get("annotations") or {})
+    assert workers["automountServiceAccountToken"] is True  # the workers launch pods through the API
+    assert step["automountServiceAccountToken"] is False
+    # with the identity set once in the values, both carry it
+    accounts = _accounts(render(chart, VALUE_SETS["everything_on"]))
+    expected = {"iam.gke.io/gcp-service-account": GSA, "eks.amazonaws.com/role-arn": ROLE_ARN}
+    for name in ("vlmprobe-worker", "airflow-worker"):
+        annotations = accounts[name]["metadata"]["annotations"]
+        assert {k: annotations[k] for k in IDENTITY_KEYS} == expected, name
+    assert accounts["vlmprobe-worker"]["metadata"]["annotations"]["example.com/owner"] == "ml-data"
+    # the Airflow chart creates the workers' account instead: this chart leaves it alone
+    assert "airflow-worker" not in _accounts(render(chart, {"airflow": {"createWorkerServiceAccount": False}}))
+
+
+def test_the_airflow_workers_run_as_the_account_the_companion_chart_annotates(chart):
+    values = yaml.safe_load(AIRFLOW_VALUES.read_text())
+    workers = values["workers"]["serviceAccount"]
+    # the official chart's key (workers.serviceAccount, shared by Celery workers and the
+    # KubernetesExecutor's pod template) names the account the companion chart creates
+    assert workers["create"] is False
+    assert workers["name"] == chart.values["airflow"]["serviceAccount"]
+    assert chart.values["airflow"]["createWorkerServiceAccount"] is True
+    created = _accounts(render(chart, VALUE_SETS["everything_on"]))[workers["name"]]
+    assert IDENTITY_KEYS <= set(created["metadata"]["annotations"])
+    # and the account the RoleBinding lets launch pods
+    subjects = [s["name"] for s in named(render(chart, {}), "RoleBinding", "-pod-launcher")["subjects"]]
+    assert workers["name"] in subjects
+
+
+def _dns_peers(values: dict[str, Any], chart) -> list[dict[str, Any]] | None:
+    spec = only(render(chart, values), "NetworkPolicy")["spec"]
+    rule = next(r for r in spec["egress"] if {"port": 53, "protocol": "UDP"} in r["ports"])
+    assert {"port": 53, "protocol": "TCP"} in rule["ports"]
+    return rule.get("to")
+
+
+def test_dns_presets_match_how_the_cluster_answers(chart):
+    kube_dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+    assert _dns_peers({}, chart) == [kube_dns]
+    node_local = _dns_peers(VALUE_SETS["node_local_dns"], chart)
+    assert node_local == [{"ipBlock": {"cidr": "169.254.20.10/32"}}, kube_dns, {"ipBlock": {"cidr": "10.0.0.10/32"}}]
+    assert _dns_peers(VALUE_SETS["any_dns"], chart) is None  # no `to`: port 53 anywhere
+
+
+def test_schema_refuses_an_unknown_dns_preset_or_address(chart):
+    with pytest.raises(helm.HelmValuesError, match="/networkPolicy/dns"):
+        chart.validate_schema({"networkPolicy": {"dns": "coredns"}})
+    with pytest.raises(helm.HelmValuesError, match="/networkPolicy/dnsServerIps/0"):
+        chart.validate_schema({"networkPolicy": {"dnsServerIps": ["10.0.0.10/32"]}})
+
+
+def _connectivity_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return only([d for d in docs if d["metadata"]["name"].endswith("-connectivity-check")], "Pod")
+
+
+def test_the_connectivity_check_is_a_restricted_step_like_pod_for_helm_test(chart):
+    from test_pod_security import restricted_violations
+
+    docs = render(chart, {})
+    pod = _connectivity_pod(docs)
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"  # created by `helm test` only
+    assert restricted_violations(pod) == []
+    # under the step pods' NetworkPolicy, with their identity and image
+    selector = only(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]
+    assert all(pod["metadata"]["labels"].get(k) == v for k, v in selector.items())
+    data = settings(docs)
+    assert pod["spec"]["serviceAccountName"] == data["VLMPROBE_SERVICE_ACCOUNT"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == data["VLMPROBE_WORKER_IMAGE"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["command"] == ["python", "-m", "vlmprobe.connectivity"]
+    assert container["args"] == ["--gemini-url=https://generativelanguage.googleapis.com",
+                                 f"--output-uri={data['VLMPROBE_OUTPUT_URI']}", "--timeout-s=10"]
+    # a Gemini endpoint and an output URI from the values are what it checks
+    other = _connectivity_pod(render(chart, {"gemini": {"baseUrl": "http://gemini-sim:8000"},
+                                             "params": {"outputUri": "gs://team/vqa"}}))
+    assert other["spec"]["containers"][0]["args"][:2] == ["--gemini-url=http://gemini-sim:8000",
+                                                          "--output-uri=gs://team/vqa"]
+    assert not [d for d in render(chart, VALUE_SETS["all_off"]) if d["kind"] == "Pod"]

@@ -97,6 +97,8 @@ def test_checkov_passes_the_chart_and_the_dag_pods(manifests):
     assert result["errors"] == []
     scanned = {Path(c["file_path"]).name for c in result["passed"]}
     assert {"chart-defaults.yaml", "chart-everything_on.yaml", "pod-probe.yaml", "pod-qa.generate.yaml"} <= scanned
+    # the chart's `helm test` pod (the connectivity check) is scanned like the step pods
+    assert any(c["resource"].endswith("-connectivity-check") for c in result["passed"])
     failed = [_where(c) for c in result["failed"] if Path(c["file_path"]).name != "known-bad.yaml"]
     assert failed == []
     # the harness sees failures: the sidecar pod fails the checks it was refused for

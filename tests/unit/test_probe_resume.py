@@ -14,7 +14,7 @@ from vlmprobe.io import RunLayout, iter_jsonl, read_json
 from vlmprobe.io.parquet import Row, WorkUnit
 from vlmprobe.probe.resume import ProbeJournal, RowRanges, fingerprint_settings, keep_or_discard
 from vlmprobe.probe.run import main
-from vlmprobe.sim.server import GeminiSimulator
+from vlmprobe.sim import GeminiSimulator
 
 RUN_DATE = "2026-11-25"
 CONCURRENCY = 3

@@ -80,16 +80,16 @@ def test_bad_files_and_rows_are_error_rows(tmp_path, messy_input, tiny_llava, ge
 
 
 def test_a_bug_while_explaining_fails_the_step_loudly(tmp_path, demo_parquet, tiny_llava, gemini_sim, monkeypatch):
-    from vlmprobe.probe import run as probe_run
+    from vlmprobe.probe import loop as probe_loop
 
-    real = probe_run.RankProbe._explain
+    real = probe_loop.RankProbe._explain
 
     async def explain_with_a_bug(self, ex, prediction):
         if ex.id.endswith("0005"):
             raise KeyError("a bug")
         await real(self, ex, prediction)
 
-    monkeypatch.setattr(probe_run.RankProbe, "_explain", explain_with_a_bug)
+    monkeypatch.setattr(probe_loop.RankProbe, "_explain", explain_with_a_bug)
     with pytest.raises(KeyError, match="a bug"):
         main(_cfg(demo_parquet, tmp_path, tiny_llava))
     assert not (tmp_path / RUN_DATE / "probe" / "_SUCCESS.json").exists()

@@ -9,12 +9,14 @@ import pendulum
 import pytest
 
 from vlmprobe.config import PublishConfig, SampleConfig
+from vlmprobe.contracts import InputAccounting, PipelineSummary, ProbeSuccess, QACounts, ShardPlan, TokenCounts
 from vlmprobe.io import JsonlWriter, RunLayout, exists, read_json, write_json
 from vlmprobe.io.fs import join
 from vlmprobe.params import defaults
+from vlmprobe.probe.pipeline import summarize
 from vlmprobe.publish.run import RunFailed, publish
 from vlmprobe.sample.run import sample_keys
-from fakes import RUN_DATE, fake_probe
+from fakes import RUN_DATE, fake_pipeline, fake_probe, fake_qa_stats, fake_rank, fake_success
 
 
 def _teacher(requests, retries=0, rate_limited=0, prompt=0, output=0, thinking=0, cached=0, **gave_up):
@@ -24,45 +26,39 @@ def _teacher(requests, retries=0, rate_limited=0, prompt=0, output=0, thinking=0
             "quota": {"processes": 2}}
 
 
-def _pipeline(wall, busy, teacher_wait, bound):
-    return {"wall_s": wall, "device_busy_s": busy, "input_wait_s": 0.5, "teacher_wait_s": teacher_wait,
-            "tail_s": 0.0, "busy_fraction": busy / wall, "bound": bound}
-
-
 def _run(tmp_path, demo_parquet, *, probe_reasons=None, qa_reasons=(None, None), checked=False) -> RunLayout:
     """probe (2 ranks with teacher stats and pipelines), sample (2 shards) and QA stats, as the steps write them."""
     lay = fake_probe(str(tmp_path), demo_parquet, {"color:red": 6, "count:2": 4})
-    success = read_json(lay.probe_success)
+    success = ProbeSuccess.read(lay.probe_success)
     reasons = probe_reasons or {"teacher_http_503": 1}
-    success["error_reasons"] = reasons
-    success["counts"].update(errors=sum(reasons.values()), rows=success["counts"]["rows"] - 1 + sum(reasons.values()))
-    success["input"] = {"files": 4, "files_lost": 1, "files_lost_rows_unknown": 0, "row_groups": 7,
-                        "row_groups_lost": 1, "rows_read": success["counts"]["rows"], "rows_lost": 12}
-    success["ranks"] = [
-        {"rank": 0, "teacher": _teacher(20, retries=3, rate_limited=2, prompt=10_000, output=2_000, thinking=500,
-                                        cached=1_000), "pipeline": _pipeline(10.0, 2.0, 7.0, "teacher")},
-        {"rank": 1, "teacher": _teacher(18, retries=1, prompt=9_000, output=1_500, thinking=300),
-         "pipeline": _pipeline(9.0, 2.5, 6.0, "teacher")},
-    ]
-    write_json(lay.probe_success, success)
+    rows = success.counts.rows - 1 + sum(reasons.values())
+    ranks = [fake_rank(lay, 0, teacher=_teacher(20, retries=3, rate_limited=2, prompt=10_000, output=2_000,
+                                                thinking=500, cached=1_000),
+                       pipeline=fake_pipeline(10.0, 2.0, 7.0, "teacher")),
+             fake_rank(lay, 1, teacher=_teacher(18, retries=1, prompt=9_000, output=1_500, thinking=300),
+                       pipeline=fake_pipeline(9.0, 2.5, 6.0, "teacher"))]
+    fake_success(lay, success.failure_files, verified=success.counts.verified, error_reasons=reasons,
+                 counts=success.counts.model_copy(update={"errors": sum(reasons.values()), "rows": rows}),
+                 input=InputAccounting(files=4, files_lost=1, files_lost_rows_unknown=0, row_groups=7,
+                                       row_groups_lost=1, rows_read=rows, rows_lost=12),
+                 ranks=ranks, pipeline=PipelineSummary(**summarize([r.pipeline.model_dump() for r in ranks])))
     sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE, num_shards=2))
-    for s in read_json(lay.shard_plan)["shards"]:
-        i, n = s["shard_index"], s["count"]
+    for s in ShardPlan.read(lay.shard_plan).shards:
+        i, n = s.shard_index, s.count
         errors = qa_reasons[i] or {}
         e = sum(errors.values())
         items = 2 * (n - e)
         with JsonlWriter(lay.qa_shard(i)) as w:
             for k in range(items):
                 w.write({"id": f"{i}-{k}"})
-        counts = {"failures": n, "failures_with_items": n - e, "errors": e, "items": items, "items_generated": items,
-                  "items_dropped": 0, "items_checked": items if checked else 0,
-                  "items_target_failed": items // 2 if checked else 0, "items_dropped_target_passed": 0,
-                  "items_check_errors": 0, "resumed": 0}
-        write_json(lay.qa_stats(i), {
-            "shard_index": i, "counts": counts, "error_reasons": errors, "elapsed_s": 1.0 + i,
-            "tokens": {"prompt_tokens": 100, "output_tokens": 50, "thinking_tokens": 0, "cached_tokens": 0},
-            "teacher": _teacher(n + 1, retries=1, rate_limited=1, prompt=1_000 * n, output=300 * n, thinking=10 * n),
-            "target_check": {"enabled": checked}})
+        counts = QACounts(failures=n, failures_with_items=n - e, errors=e, items=items, items_generated=items,
+                          items_dropped=0, items_checked=items if checked else 0,
+                          items_target_failed=items // 2 if checked else 0, items_dropped_target_passed=0,
+                          items_check_errors=0, resumed=0)
+        fake_qa_stats(lay, i, counts, error_reasons=errors, elapsed_s=1.0 + i, checked=checked,
+                      tokens=TokenCounts(prompt_tokens=100, output_tokens=50, thinking_tokens=0, cached_tokens=0),
+                      teacher=_teacher(n + 1, retries=1, rate_limited=1, prompt=1_000 * n, output=300 * n,
+                                       thinking=10 * n))
     return lay
 
 

@@ -7,9 +7,11 @@ import json
 import pytest
 
 from vlmprobe.config import QAConfig, SampleConfig
+from vlmprobe.contracts import QAShardSpan, ShardPlan
 from vlmprobe.errors import InputError
 from vlmprobe.io import JsonlWriter, exists, iter_jsonl, list_files, read_json, write_json
-from vlmprobe.qa.run import clean_items, run_shard
+from vlmprobe.qa.items import clean_items
+from vlmprobe.qa.run import run_shard
 from vlmprobe.sample.run import sample_keys
 from vlmprobe.teacher.schemas import QAPair
 from fakes import RUN_DATE, crash_qa_shard_on, fake_probe
@@ -55,7 +57,7 @@ def test_shard_writes_items_and_error_rows(tmp_path, demo_parquet, gemini_sim, n
 
 
 def test_retries_through_faults_and_gives_up_with_a_reason(tmp_path, demo_parquet, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _setup(tmp_path, demo_parquet, embed=True)
     monkeypatch.setenv("GEMINI_API_KEY", "k")
@@ -109,7 +111,7 @@ def _ok_bodies(log: list[dict]) -> list[str]:
 
 
 def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path, demo_parquet, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
     shard = read_json(lay.shard_plan)["shards"][0]
@@ -138,7 +140,7 @@ def test_a_crashed_shard_resumes_from_its_journal_without_asking_again(tmp_path,
 
 
 def test_a_journal_made_for_other_settings_is_discarded(tmp_path, demo_parquet, monkeypatch, caplog):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
     count = read_json(lay.shard_plan)["shards"][0]["count"]
@@ -158,7 +160,7 @@ def test_a_journal_made_for_other_settings_is_discarded(tmp_path, demo_parquet, 
 
 
 def test_budget_rows_are_asked_again_by_a_rerun_with_more_budget(tmp_path, demo_parquet, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     lay = _one_shard(tmp_path, demo_parquet)
     count = read_json(lay.shard_plan)["shards"][0]["count"]
@@ -180,7 +182,7 @@ def test_budget_rows_are_asked_again_by_a_rerun_with_more_budget(tmp_path, demo_
 
 def test_records_qa_cannot_use_are_error_rows_naming_file_and_record(tmp_path, demo_parquet, gemini_sim):
     lay = _setup(tmp_path, demo_parquet)
-    plan = read_json(lay.shard_plan)
+    plan = ShardPlan.read(lay.shard_plan)
     # a hand-made plan over a failures file with a record that has no failure_key
     good = next(iter_jsonl(lay.sampled_failures()))
     records = [good, {k: v for k, v in good.items() if k != "failure_key"}, {**good, "id": "other"}]
@@ -188,9 +190,9 @@ def test_records_qa_cannot_use_are_error_rows_naming_file_and_record(tmp_path, d
     path.parent.mkdir()
     lines = [json.dumps(r).encode() + b"\n" for r in records]
     path.write_bytes(b"".join(lines))
-    plan.update(failures_uri=str(path), num_shards=1, shards=[{
-        "shard_index": 0, "start": 0, "stop": 3, "count": 3, "byte_start": 0, "byte_stop": len(b"".join(lines))}])
-    write_json(lay.shard_plan, plan)
+    ShardPlan(**{**dict(plan), "failures_uri": str(path), "num_shards": 1, "shards": [QAShardSpan(
+        shard_index=0, start=0, stop=3, count=3, byte_start=0, byte_stop=len(b"".join(lines)), estimated_tokens=0)]}
+              ).write(lay.shard_plan)
     out = run_shard(QAConfig(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, concurrency=2))
     (err,) = list(iter_jsonl(lay.qa_errors(0)))
     assert err["reason"] == "bad_record" and err["file"] == str(path)

@@ -50,7 +50,7 @@ def test_every_item_is_put_to_the_target_and_qa_keep_picks_what_is_written(tmp_p
 
 
 def test_a_resumed_shard_checks_its_journalled_items_too(tmp_path, one_shard, tiny_llava, monkeypatch):
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     monkeypatch.setenv("GEMINI_API_KEY", "k")
     options = dict(qa_target_check="on", target_model=tiny_llava, max_new_tokens=2, concurrency=1, no_async=True)
@@ -79,14 +79,14 @@ def test_auto_without_a_gpu_skips_the_check(tmp_path, one_shard, gemini_sim):
 
 
 def test_settings_that_cannot_work_are_refused_before_anything_changes(tmp_path, one_shard, monkeypatch, gemini_sim):
-    from vlmprobe.qa import run as qa_run
+    from vlmprobe.qa import target_check
 
     write_json(one_shard.manifest, {"earlier": "publish"})
     with pytest.raises(UsageError, match="qa_keep=target_failed .* the target check is off"):
         _qa(tmp_path, qa_target_check="off", qa_keep="target_failed")
     # the QA image has only the `qa` extra: no torch, no transformers
-    real = qa_run.importlib.util.find_spec
-    monkeypatch.setattr(qa_run.importlib.util, "find_spec",
+    real = target_check.importlib.util.find_spec
+    monkeypatch.setattr(target_check.importlib.util, "find_spec",
                         lambda name, *a: None if name in ("torch", "transformers") else real(name, *a))
     with pytest.raises(UsageError, match="qa_target_check=on needs torch and transformers") as caught:
         _qa(tmp_path, qa_target_check="on")

@@ -10,14 +10,15 @@ from collections import Counter
 import pytest
 
 from vlmprobe.config import PublishConfig, SampleConfig
+from vlmprobe.contracts import QACounts, QAShardSpan, ShardPlan
 from vlmprobe.errors import InputError
-from vlmprobe.io import JsonlWriter, RunLayout, iter_json_records, iter_jsonl, list_files, read_json, write_json
+from vlmprobe.io import JsonlWriter, RunLayout, iter_json_records, iter_jsonl, list_files, read_json
 from vlmprobe.publish.run import publish
 from vlmprobe.sample.run import sample_keys
 from vlmprobe.sample.select import KeySampler
 from vlmprobe.sample.shards import iter_shard_records, plan_shards
 
-from fakes import RUN_DATE, fake_probe
+from fakes import RUN_DATE, fake_probe, fake_qa_stats, fake_success
 
 
 def _sampled(sampler: KeySampler, key: str) -> list[int]:
@@ -64,9 +65,9 @@ def test_plan_shards_balances_estimated_tokens_and_carries_byte_ranges():
     starts = [i * 10 for i in range(8)]
     stops = [s + 9 for s in starts]
     shards = plan_shards(weights, starts, stops, 3)
-    assert [(s["start"], s["stop"]) for s in shards] == [(0, 6), (6, 7), (7, 8)]
-    assert [s["estimated_tokens"] for s in shards] == [600, 600, 600]
-    assert shards[1]["byte_start"] == 60 and shards[1]["byte_stop"] == 69
+    assert [(s.start, s.stop) for s in shards] == [(0, 6), (6, 7), (7, 8)]
+    assert [s.estimated_tokens for s in shards] == [600, 600, 600]
+    assert shards[1].byte_start == 60 and shards[1].byte_stop == 69
     assert len(plan_shards([5, 5], [0, 1], [1, 2], 8)) == 2  # never an empty shard
     assert plan_shards([], [], [], 8) == []
 
@@ -86,7 +87,8 @@ def test_sample_keys_balances_and_plans(tmp_path, demo_parquet):
     assert plan["per_key"]["color:red"]["over_cap"] == 5
     assert "image_b64" not in kept[0] and kept[0]["image"]["uri"].endswith(".parquet")
     # each shard reads exactly its own records, in order
-    assert [r for s in plan["shards"] for r in iter_shard_records(plan, s["shard_index"])] == kept
+    shard_plan = ShardPlan.read(lay.shard_plan)
+    assert [r for s in shard_plan.shards for r in iter_shard_records(shard_plan, s.shard_index)] == kept
     # same seed, same sample; the rerun replaces the outputs
     sample_keys(cfg)
     assert list(iter_jsonl(lay.sampled_failures())) == kept
@@ -108,7 +110,7 @@ def _write_probe(out: str, records: list[dict], ranks: int) -> RunLayout:
         with JsonlWriter(lay.probe_rank(r)) as w:
             for rec in records[r::ranks]:
                 w.write({**rec, "rank": r})  # where it was computed: must not reach the sample
-    write_json(lay.probe_success, {"failure_files": [lay.probe_rank(r) for r in range(ranks)], "world_size": ranks})
+    fake_success(lay, [lay.probe_rank(r) for r in range(ranks)], verified=len(records))
     return lay
 
 
@@ -202,16 +204,16 @@ def test_more_bad_records_than_max_error_rate_fail_the_step_with_the_rows_kept(t
 def test_a_shard_reads_only_its_byte_range(tmp_path):
     lay = _write_probe(str(tmp_path), _probe_records({"count:circle": 9, "color:red": 9}), 1)
     sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE, samples_per_key=9, num_shards=3))
-    plan = read_json(lay.shard_plan)
+    plan = ShardPlan.read(lay.shard_plan)
     path = tmp_path / RUN_DATE / "sample" / "failures.jsonl"
     data = bytearray(path.read_bytes())
-    last = plan["shards"][2]
+    last = plan.shards[2]
     want = list(iter_shard_records(plan, 1))
     # bytes outside shard 1's range are garbage now: shard 1 never reads them
-    data[: plan["shards"][1]["byte_start"]] = b"x" * plan["shards"][1]["byte_start"]
-    data[last["byte_start"]:] = b"y" * (len(data) - last["byte_start"])
+    data[: plan.shards[1].byte_start] = b"x" * plan.shards[1].byte_start
+    data[last.byte_start:] = b"y" * (len(data) - last.byte_start)
     path.write_bytes(bytes(data))
-    assert list(iter_shard_records(plan, 1)) == want and len(want) == plan["shards"][1]["count"]
+    assert list(iter_shard_records(plan, 1)) == want and len(want) == plan.shards[1].count
     with pytest.raises(ValueError, match="rerun sample_keys"):
         list(iter_shard_records(plan, 2))
     with pytest.raises(ValueError, match="does not exist"):
@@ -233,8 +235,8 @@ def test_sample_keys_json_format_with_embedded_images(tmp_path, demo_parquet):
     assert base64.b64decode(kept[0]["image_b64"])[:4] == b"\x89PNG"
     (err,) = list(iter_jsonl(lay.sample_errors))
     assert err["id"] == "ghost" and err["reason"] == "image_unreadable"
-    plan = read_json(lay.shard_plan)
-    assert [r for s in plan["shards"] for r in iter_shard_records(plan, s["shard_index"])] == kept
+    plan = ShardPlan.read(lay.shard_plan)
+    assert [r for s in plan.shards for r in iter_shard_records(plan, s.shard_index)] == kept
     json.loads((tmp_path / RUN_DATE / "sample" / "failures.json").read_text())  # still one valid array
 
 
@@ -243,23 +245,23 @@ def test_sample_keys_without_probe_output_says_what_to_do(tmp_path):
         sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE))
 
 
-def _fake_qa(lay: RunLayout, plan: dict) -> None:
-    for s in plan["shards"]:
-        with JsonlWriter(lay.qa_shard(s["shard_index"])) as w:
-            for i in range(s["count"] * 2):
+def _fake_qa(lay: RunLayout, shards: list[QAShardSpan]) -> None:
+    for s in shards:
+        with JsonlWriter(lay.qa_shard(s.shard_index)) as w:
+            for i in range(s.count * 2):
                 w.write({"id": str(i)})
-        write_json(lay.qa_stats(s["shard_index"]), {
-            "counts": {"failures": s["count"], "failures_with_items": s["count"], "errors": 0,
-                       "items": s["count"] * 2, "items_dropped": 0},
-            "tokens": {"prompt_tokens": 10, "output_tokens": 5}, "error_reasons": {}, "elapsed_s": 0.1,
-            "teacher": {"requests": s["count"], "retries": 0, "rate_limited": 0, "prompt_tokens": 10,
-                        "output_tokens": 5, "thinking_tokens": 2, "cached_tokens": 0}})
+        n = s.count
+        fake_qa_stats(lay, s.shard_index, QACounts(
+            failures=n, failures_with_items=n, errors=0, items=n * 2, items_generated=n * 2, items_dropped=0,
+            items_checked=0, items_target_failed=0, items_dropped_target_passed=0, items_check_errors=0, resumed=0),
+            teacher={"requests": n, "retries": 0, "rate_limited": 0, "prompt_tokens": 10, "output_tokens": 5,
+                     "thinking_tokens": 2, "cached_tokens": 0})
 
 
 def test_a_sample_rerun_leaves_no_stale_qa_shard_or_manifest(tmp_path, demo_parquet):
     lay = fake_probe(str(tmp_path), demo_parquet, {"color:red": 6, "count:2": 6})
     sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE, num_shards=4))
-    _fake_qa(lay, read_json(lay.shard_plan))
+    _fake_qa(lay, ShardPlan.read(lay.shard_plan).shards)
     publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE))
     journal = tmp_path / RUN_DATE / "qa" / "_journal" / "shard-00003.x.jsonl"
     journal.parent.mkdir()
@@ -275,8 +277,7 @@ def test_a_sample_rerun_leaves_no_stale_qa_shard_or_manifest(tmp_path, demo_parq
 def test_publish_writes_manifest_that_adds_up(tmp_path, demo_parquet):
     lay = fake_probe(str(tmp_path), demo_parquet, {"color:red": 4, "count:2": 3})
     sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE, num_shards=2))
-    plan = read_json(lay.shard_plan)
-    _fake_qa(lay, plan)
+    _fake_qa(lay, ShardPlan.read(lay.shard_plan).shards)
     out = publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE))
     m = read_json(lay.manifest)
     assert out["qa_items"] == m["qa"]["counts"]["items"] == 14
@@ -291,8 +292,7 @@ def test_publish_writes_manifest_that_adds_up(tmp_path, demo_parquet):
 def test_publish_refuses_a_missing_shard(tmp_path, demo_parquet):
     lay = fake_probe(str(tmp_path), demo_parquet, {"color:red": 4})
     sample_keys(SampleConfig(output_uri=str(tmp_path), run_date=RUN_DATE, num_shards=2))
-    plan = read_json(lay.shard_plan)
-    _fake_qa(lay, {"shards": plan["shards"][:1]})
+    _fake_qa(lay, ShardPlan.read(lay.shard_plan).shards[:1])
     with pytest.raises(RuntimeError, match="qa shard 1 has no complete output"):
         publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE))
     assert not (tmp_path / RUN_DATE / "manifest.json").exists()

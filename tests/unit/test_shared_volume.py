@@ -56,11 +56,13 @@ PROBE_LIKE = textwrap.dedent("""
                        "image": {{"uri": "/data/in/a.parquet", "row": i}}, "question": "q", "answer": "a"}})
     with JsonlWriter(layout.probe_errors(0)) as errors:
         errors.write({{"stage": "probe", "reason": "unreadable_file"}})
-    write_json(layout.probe_success, {{"failure_files": [layout.probe_rank(0)], "counts": {{}}}})
+    sys.path.insert(0, {tests!r})
+    from fakes import fake_success
+    fake_success(layout, [layout.probe_rank(0)], verified=6)
     with JsonlWriter(layout.sampled_failures("json"), json_array=True) as stale:
         stale.write({{"id": "stale"}})
     write_json(layout.shard_plan, {{"stale": True}})
-""").format(run_date=RUN_DATE)
+""").format(run_date=RUN_DATE, tests=str(Path(__file__).resolve().parents[1]))
 
 # A rerun of the probe for the same date (uid 10001): it clears what Airflow wrote after it.
 RERUN_CLEANUP = textwrap.dedent("""
@@ -86,7 +88,9 @@ def volume():
 
 
 def _run(code, args, who):
-    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {"PATH": os.environ["PATH"], "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1",
+           # a checkout's own src/ first, as in the tests' process (else: the installed vlmprobe)
+           **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
     script = SWITCH_USER.format(**who) + textwrap.dedent(code)
     return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True,
                           timeout=120)

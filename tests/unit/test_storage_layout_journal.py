@@ -142,3 +142,102 @@ def test_a_killed_writer_loses_at_most_the_record_in_flight(tmp_path):
     lines = segment.read_bytes().split(b"\n")
     assert len(ids) == len(lines) - 1  # only the torn last line was dropped
     json.loads(lines[-2])
+
+
+# -- journal on an object store: the flusher thread does the I/O ------------------------------
+
+class FakeStore:
+    """Stands in for the object-store write of journal segments: records who wrote what, can hold or fail writes."""
+
+    def __init__(self, hold: bool = False, fail: int = 0) -> None:
+        import threading
+
+        self.objects: dict[str, bytes] = {}
+        self.threads: list[str] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+        self.fail = fail
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        self.started.set()
+        assert self.release.wait(10), "the test never released the write"
+        if self.fail:
+            self.fail -= 1
+            raise OSError("AWS Error SLOW_DOWN during PutObject operation: Please reduce your request rate.")
+        self.objects[uri] = data
+
+    def ids(self) -> list[str]:
+        return [json.loads(line)["id"] for uri in sorted(self.objects) for line in self.objects[uri].splitlines()]
+
+
+def test_append_returns_while_a_segment_upload_is_still_in_progress(monkeypatch):
+    import asyncio
+    import threading
+
+    import vlmprobe.io.journal as journal_mod
+
+    store = FakeStore(hold=True)
+    monkeypatch.setattr(journal_mod, "write_bytes", store.write_bytes)
+    j = Journal("s3://bucket/run/qa/_journal/shard-00000", "shard-00000", flush_every=4, flush_interval_s=60)
+
+    async def consumer() -> str:
+        # as the QA step does: records appended from the event loop as Gemini answers arrive
+        for i in range(4):
+            j.append({"id": str(i)})
+        assert await asyncio.to_thread(store.started.wait, 10)  # the 4th record started an upload...
+        for i in range(4, 9):
+            j.append({"id": str(i)})  # ...which is held: were append waiting for it, this would hang
+        assert store.objects == {} and not store.release.is_set()  # still uploading, and appends returned
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(consumer())
+    store.release.set()
+    j.close()
+    assert store.ids() == [str(i) for i in range(9)]  # nothing lost, in order: 4 in the first segment, 5 next
+    assert [len(v.splitlines()) for _, v in sorted(store.objects.items())] == [4, 5]
+    assert store.threads == ["journal-shard-00000"] * 2 and loop_thread not in store.threads
+
+
+def test_a_store_error_is_retried_then_raised_by_the_next_append_and_no_record_is_lost(monkeypatch):
+    import vlmprobe.io.journal as journal_mod
+
+    store = FakeStore(fail=1)
+    monkeypatch.setattr(journal_mod, "write_bytes", store.write_bytes)
+    j = Journal("gs://bucket/_journal", "w", flush_every=2, flush_interval_s=60)
+    j.retry_backoff_s = 0.01
+    j.append({"id": "a"})
+    j.append({"id": "b"})  # the first write fails once and its retry succeeds: nothing to report
+    j.flush()
+    assert store.ids() == ["a", "b"] and len(store.threads) == 2
+
+    store.fail = 2  # one try and one retry: the write fails for good
+    j.write_retries = 1
+    j.append({"id": "c"})
+    j.append({"id": "d"})
+    appended, deadline = ["c", "d"], time.monotonic() + 10
+    with pytest.raises(OSError, match=r"writing a segment failed, \d+ record\(s\) wait for the next try: .*SLOW_DOWN"):
+        while time.monotonic() < deadline:  # the failure surfaces at the next append after the flusher gave up
+            appended.append(f"x{len(appended)}")
+            j.append({"id": appended[-1]})
+            time.sleep(0.01)
+    appended.pop()  # the append that raised did not record its record
+    j.close()  # the store answers again: the records kept queued are written
+    assert store.ids() == ["a", "b", *appended]
+
+
+def test_close_raises_when_the_last_records_cannot_be_written(monkeypatch):
+    import vlmprobe.io.journal as journal_mod
+
+    store = FakeStore(fail=10**6)
+    monkeypatch.setattr(journal_mod, "write_bytes", store.write_bytes)
+    j = Journal("s3://bucket/_journal", "w", flush_every=100, flush_interval_s=60)
+    j.write_retries, j.retry_backoff_s = 1, 0.01
+    j.append({"id": "a"})
+    with pytest.raises(OSError, match=r"1 record\(s\) could not be written: .*SLOW_DOWN"):
+        j.close()
+    assert store.objects == {} and set(store.threads) == {"journal-w"}

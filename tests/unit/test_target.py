@@ -1,6 +1,7 @@
 import base64
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from vlmprobe.demo.data import build_tiny_llava, draw_scene, iter_demo_examples
+from vlmprobe.demo.data import draw_scene, iter_demo_examples
 from vlmprobe.vlm import TargetLoadError, build_prompt_text, load_target
 
 QUESTIONS = [
@@ -24,9 +25,11 @@ CHOICES = [None, None, None, ["circle", "square", "triangle"], ["left", "right",
 
 
 @pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory):
-    out = build_tiny_llava(str(tmp_path_factory.mktemp("tiny-llava")))
-    # Save the tokenizer with right padding: the target must switch it to left padding.
+def right_padded_llava(tiny_llava, tmp_path_factory):
+    """A copy of the session's tiny LLaVA whose tokenizer was saved with right padding."""
+    out = str(tmp_path_factory.mktemp("right-padded") / "tiny-llava")
+    shutil.copytree(tiny_llava, out)
+    # The target must switch it to left padding.
     config_path = f"{out}/tokenizer_config.json"
     with open(config_path) as f:
         config = json.load(f)
@@ -37,8 +40,8 @@ def tiny_llava(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def target(tiny_llava):
-    return load_target(tiny_llava, device="cpu", max_new_tokens=6)
+def target(right_padded_llava):
+    return load_target(right_padded_llava, device="cpu", max_new_tokens=6)
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +63,28 @@ def test_batched_answers_equal_one_at_a_time(target, images):
 
 
 def test_prompts_are_left_padded_with_one_image_each(target, images):
-    assert target.processor.tokenizer.padding_side == "left"
+    # What run() hands generate: prompts of different lengths, left padded, one image's tokens each.
+    assert target.processor.tokenizer.padding_side == "left"  # the checkpoint was saved with "right"
     questions = [*QUESTIONS[:4], "Is there an <image> token in this question?"]
-    inputs = target.encode(images, questions, CHOICES)
-    mask = inputs["attention_mask"]
-    assert mask[:, -1].all(), "every prompt ends at the last column"
-    assert not mask[:, 0].all(), "shorter prompts are padded at the start"
-    image_tokens = (inputs["input_ids"] == target.model.config.image_token_index).sum(dim=1)
-    # One image placeholder per prompt, expanded to one token per 8x8 patch of the 32x32 input.
-    assert image_tokens.tolist() == [16] * 5
     assert target.build_prompt(questions[4], None).count("<image>") == 1
-    assert inputs["pixel_values"].shape == (5, 3, 32, 32)
+    batch = target.prepare(images, questions, [None] * 5)
+    assert batch.open_rows == [0, 1, 2, 3, 4] and batch.pixel_values.shape == (5, 3, 32, 32)
+    ids, mask = batch.open_input_ids.tolist(), batch.open_attention_mask.tolist()
+    lengths = [sum(row) for row in mask]
+    assert len(set(lengths)) > 1, "the prompts differ in length"
+    for row_ids, row_mask, n in zip(ids, mask, lengths):
+        pad = len(row_mask) - n
+        assert row_mask == [0] * pad + [1] * n and row_ids[:pad] == [target.pad_id] * pad  # padding on the left only
+        at = [j for j, t in enumerate(row_ids) if t == target.image_token_id]
+        # One image placeholder per prompt, expanded in place to one token per 8x8 patch of the 32x32 input.
+        assert at == list(range(at[0], at[0] + 16))
+    # Rows with choices are laid out with their prompt once: one image's tokens per row too.
+    scored = target.prepare(images, QUESTIONS, CHOICES)
+    assert scored.choice_rows == [3, 4]
+    assert (scored.packed["input_ids"] == target.image_token_id).sum(dim=1).tolist() == [16, 16]
+    # Left padding changes no answer: the padded batch answers as each row does alone.
+    alone = [target.run(target.prepare([im], [q], [None]))[0] for im, q in zip(images, questions)]
+    assert target.run(batch) == alone
 
 
 def test_empty_batch(target):
@@ -78,8 +92,13 @@ def test_empty_batch(target):
 
 
 def test_mismatched_lengths_are_refused(target, images):
-    with pytest.raises(ValueError, match="one question"):
+    from vlmprobe.vlm.openai_backend import OpenAICompatibleTarget
+
+    with pytest.raises(ValueError, match="one question.*got 5 images, 2 questions, 5 choices"):
         target.answer(images, QUESTIONS[:2], CHOICES)
+    with OpenAICompatibleTarget("http://127.0.0.1:1/v1", "m") as server_target:  # refused before any request
+        with pytest.raises(ValueError, match="one question.*got 5 images, 5 questions, 1 choices"):
+            server_target.answer(images, QUESTIONS, CHOICES[:1])
 
 
 def test_missing_model_folder_names_the_spec(tmp_path):

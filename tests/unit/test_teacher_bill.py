@@ -7,9 +7,9 @@ import io
 import pytest
 from PIL import Image
 
-from vlmprobe.teacher.client import thinking_budget_for
 from vlmprobe.teacher.imageprep import fitted_size, image_tokens, prepare_image, text_tokens
 from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost, price_of
+from vlmprobe.teacher.request import thinking_budget_for
 
 
 def _image(size: tuple[int, int], fmt: str = "PNG", mode: str = "RGB") -> bytes:

@@ -13,7 +13,9 @@ from google.genai import errors
 from pydantic import BaseModel, Field
 
 from vlmprobe.sim import GeminiSimulator
-from vlmprobe.teacher.client import RetryPolicy, Teacher, TeacherError, TeacherResult
+from vlmprobe.teacher.client import Teacher
+from vlmprobe.teacher.results import TeacherCircuitOpen, TeacherError, TeacherResult
+from vlmprobe.teacher.retry import CircuitBreaker, RequestRetries, RetryDecision, RetryPolicy
 
 MODEL = "gemini-sim-flash"
 SECRET = "sk-teacher-test-secret-7731"
@@ -175,6 +177,37 @@ def test_retry_policy_never_shortens_a_server_delay_and_caps_only_its_own_backof
     assert policy.decide(KeyError("a bug"), attempt=1) is None
 
 
+
+def test_a_request_retries_within_its_window_and_its_bounds_on_unusable_and_cut_off_answers():
+    retries = RequestRetries(RetryPolicy(window_s=60.0, max_bad_outputs=3))
+    retries.start()
+    unusable = RetryDecision("schema_mismatch", True, 0.0)
+    assert [retries.again("bad_output", unusable) for _ in range(3)] == [True, True, False]
+    cut_off = RetryDecision("finish_max_tokens", True, 0.0)
+    assert [retries.again("max_tokens", cut_off) for _ in range(2)] == [True, False]  # one larger answer
+    assert retries.again("transient", RetryDecision("http_503", True, 1.0)) is True
+    assert retries.again("transient", RetryDecision("http_503", True, 61.0)) is False  # would end past the window
+    assert retries.again("final", RetryDecision("http_400", False, 0.0)) is False
+
+
+def test_unusable_answers_are_asked_again_at_most_max_bad_outputs_times():
+    with GeminiSimulator(port=0, rate_malformed=1.0) as sim:
+        with pytest.raises(TeacherError) as caught:
+            asyncio.run(_generate_all(sim, retry=RetryPolicy(base_delay=0.001, max_bad_outputs=2)))
+        requests = sim.stats()["requests"]
+    assert caught.value.reason == "schema_mismatch" and caught.value.attempts == 2 == requests
+
+
+def test_the_circuit_breaker_opens_on_a_full_window_with_more_than_its_ratio_failed():
+    half = CircuitBreaker(window=4, ratio=0.5)
+    assert [half.record(r) for r in ("http_503", None, "timeout", None)] == [None] * 4  # 2 of 4: not more
+    breaker = CircuitBreaker(window=4, ratio=0.5)
+    assert [breaker.record(r) for r in ("http_503", "http_503", None)] == [None] * 3  # the window is not full
+    opened = breaker.record("timeout")
+    assert isinstance(opened, TeacherCircuitOpen) and opened.exit_code == 1
+    assert "3 of the last 4 requests failed" in str(opened) and "mostly http_503 (2)" in str(opened)
+
+
 # --------------------------------------------------------------------- what real Gemini answers
 
 
@@ -321,8 +354,6 @@ def test_a_daily_quota_429_raises_quota_exhausted_with_the_pacific_reset():
 
 
 def test_the_circuit_breaker_stops_a_step_whose_requests_keep_failing():
-    from vlmprobe.teacher.client import TeacherCircuitOpen
-
     async def run(sim: GeminiSimulator) -> list:
         retry = RetryPolicy(window_s=0.05, base_delay=0.01, jitter=0.0)
         async with Teacher(MODEL, api_key=SECRET, base_url=sim.base_url, retry=retry, breaker_window=4) as teacher:

@@ -13,9 +13,11 @@ from pydantic import BaseModel
 
 from vlmprobe.errors import QuotaExhausted
 from vlmprobe.sim import GeminiSimulator
-from vlmprobe.teacher.client import RetryPolicy, Teacher, TeacherError
+from vlmprobe.teacher.client import Teacher
 from vlmprobe.teacher.flow import AdaptiveConcurrency, RateLimiter
 from vlmprobe.teacher.quota import QuotaLimits, RunQuota, next_pacific_midnight, pacific_day
+from vlmprobe.teacher.results import TeacherError
+from vlmprobe.teacher.retry import RetryPolicy
 
 KEY = "quota-test-key"
 FAST = RetryPolicy(base_delay=0.001, jitter=0.0, max_attempts=3)
@@ -252,3 +254,32 @@ def test_a_follow_up_of_a_paid_request_is_not_refused_by_the_budget(tmp_path):
 def test_limits_are_checked(bad):
     with pytest.raises(ValueError):
         QuotaLimits(**bad)
+
+
+# ------------------------------------------------------------------- object-store write rate
+
+
+def test_on_an_object_store_no_file_is_written_twice_within_a_second(tmp_path):
+    from vlmprobe.teacher.quota import OBJECT_WRITE_INTERVAL_S, QUICK_HEARTBEAT_S
+
+    local = RunQuota(QuotaLimits(rpm=100), str(tmp_path), "qa-shard-00000")
+    remote = RunQuota(QuotaLimits(rpm=100), "gs://bucket/out/2026-11-25/_teacher", "qa-shard-00000")
+    local._started_at = remote._started_at = time.monotonic()  # both within their quick first seconds
+    assert local.beat_s == QUICK_HEARTBEAT_S < 1.0
+    assert remote.on_object_store and remote.beat_s == OBJECT_WRITE_INTERVAL_S == 1.0
+    # writes of one file are spaced (in the worker thread), other files are not held back by it
+    done: list[tuple[str, float, float]] = []
+
+    def write(name):
+        return lambda: done.append((name, time.monotonic(), time.monotonic()))
+
+    lease, ledger = remote._lease_uri(), remote._ledger_uri()
+    for uri in (lease, ledger, lease, lease):
+        remote._spaced(uri, write(uri))
+    starts = [start for name, start, _ in done if name == lease]
+    assert all(b - a >= OBJECT_WRITE_INTERVAL_S for a, b in zip(starts, starts[1:]))
+    assert done[1][1] - done[0][2] < OBJECT_WRITE_INTERVAL_S / 2  # the ledger did not wait for the lease
+    t0 = time.monotonic()
+    local._spaced(local._lease_uri(), write("a"))
+    local._spaced(local._lease_uri(), write("a"))
+    assert time.monotonic() - t0 < 0.5  # local files: no spacing

@@ -10,7 +10,7 @@ from vlmprobe.errors import QuotaExhausted, TeacherUnusable
 from vlmprobe.io import iter_jsonl, read_json
 from vlmprobe.qa.run import run_shard
 from vlmprobe.sample.run import sample_keys
-from vlmprobe.sim.server import GeminiSimulator
+from vlmprobe.sim import GeminiSimulator
 from fakes import RUN_DATE, fake_probe
 
 SECRET = "steps-secret-key-5521"

@@ -91,3 +91,18 @@ vlmprobe-settings
 {{- define "vlmprobe.dataPath" -}}
 {{- printf "%s/%s" (trimSuffix "/" .root.Values.data.mountPath) .leaf }}
 {{- end }}
+
+{{/* The storage identity's annotations (workload identity, IRSA), as a YAML map; empty when none is set. */}}
+{{- define "vlmprobe.storageIdentityAnnotations" -}}
+{{- with .Values.storageIdentity.gcpServiceAccount }}
+iam.gke.io/gcp-service-account: {{ . | quote }}
+{{- end }}
+{{- with .Values.storageIdentity.awsRoleArn }}
+eks.amazonaws.com/role-arn: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/* The default output URI of a run (VLMPROBE_OUTPUT_URI). */}}
+{{- define "vlmprobe.outputUri" -}}
+{{- .Values.params.outputUri | default (include "vlmprobe.dataPath" (dict "root" . "leaf" "output")) }}
+{{- end }}

@@ -36,10 +36,17 @@ def _run(cmd: list[str], env: dict[str, str], log_file: Path) -> None:
         sys.exit(f"{cmd[0]} {cmd[1]} failed (exit {proc.returncode}); last lines of {log_file}:\n" + "\n".join(tail))
 
 
+def _as_in_file(counts: dict[str, int]) -> dict[str, int]:
+    """Counts in the manifest file's (sorted) key order, as the demo has always printed them."""
+    return dict(sorted(counts.items()))
+
+
 def main() -> int:
-    from vlmprobe.demo.data import build_tiny_llava, write_demo_parquet
+    from vlmprobe.contracts import Manifest
+    from vlmprobe.demo.data import DEMO_RUN_PARAMS, build_tiny_llava, write_demo_parquet
+    from vlmprobe.io import RunLayout
     from vlmprobe.publish.run import teacher_line
-    from vlmprobe.sim.server import GeminiSimulator
+    from vlmprobe.sim import GeminiSimulator
 
     out = REPO / "demo-output"
     data, runs, home = out / "data", out / "runs", out / "airflow"
@@ -55,13 +62,7 @@ def main() -> int:
         "output_uri": str(runs),
         "target_model": model_dir,
         "gemini_model": "gemini-2.5-flash",
-        "nproc_per_node": 2,
-        "failure_batch_size": 8,
-        "parquet_sample_size": 4,
-        "samples_per_key": 4,
-        "num_shards": 2,
-        "concurrency": 8,
-        "batch_size": 16,
+        **DEMO_RUN_PARAMS,
         # each QA item is put to the target (on the CPU here; a QA pod with a GPU does it by default)
         "qa_target_check": "on",
     }
@@ -91,23 +92,23 @@ def main() -> int:
              env, out / "airflow-dags-test.log")
         sim_stats = sim.stats()
 
-    manifest_path = runs / RUN_DATE / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    qa_files = manifest["outputs"]["qa"]
+    layout = RunLayout(str(runs), RUN_DATE)
+    manifest = Manifest.read(layout.manifest)
+    qa_files = manifest.outputs.qa
     items = [json.loads(line) for f in qa_files for line in open(f) if line.strip()]
     print()
     print(f"QA dataset:  {runs / RUN_DATE / 'qa'}  ({len(qa_files)} shard file(s))")
     print(f"QA items:    {len(items)}")
-    print(f"manifest:    {manifest_path}")
-    print(f"counts:      probe {manifest['probe']['counts']}")
-    print(f"             sample {manifest['sample']['counts']}")
-    print(f"             qa {manifest['qa']['counts']}")
-    for step in ("probe", "qa"):
-        print(f"{'teacher:' if step == 'probe' else '':<13}{teacher_line(step, manifest['teacher'][step])}")
-    check = manifest["qa"].get("target_check")
+    print(f"manifest:    {layout.manifest}")
+    print(f"counts:      probe {_as_in_file(manifest.probe.counts.model_dump())}")
+    print(f"             sample {_as_in_file(manifest.sample.counts.model_dump())}")
+    print(f"             qa {_as_in_file(manifest.qa.counts)}")
+    for step, figures in (("probe", manifest.teacher.probe), ("qa", manifest.teacher.qa)):
+        print(f"{'teacher:' if step == 'probe' else '':<13}{teacher_line(step, figures)}")
+    check = manifest.qa.target_check
     if check:
-        print(f"target check: the target failed {check['items_target_failed']} of {check['items_checked']} QA items "
-              f"({check['target_failed_rate']:.0%}); those are the items that probe its failures best")
+        print(f"target check: the target failed {check.items_target_failed} of {check.items_checked} QA items "
+              f"({check.target_failed_rate:.0%}); those are the items that probe its failures best")
     print(f"simulator:   {json.dumps(sim_stats, sort_keys=True)[:300]}")
     print("three QA items:")
     for item in items[:3]:

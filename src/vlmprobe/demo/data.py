@@ -36,6 +36,10 @@ GRID = (8, 24, 40, 56)  # 4x4 cell centres for counting scenes
 # Rows of part-00000 that exercise the error path (see write_demo_parquet).
 CORRUPT_IMAGE_ROW = 1
 NULL_QUESTION_ROW = 2
+# The DAG params of a demo run on a laptop's CPU (``make demo`` and ``make up``): 2 probe ranks,
+# 2 QA shards, small batches.
+DEMO_RUN_PARAMS = {"nproc_per_node": 2, "failure_batch_size": 8, "parquet_sample_size": 4, "samples_per_key": 4,
+                   "num_shards": 2, "concurrency": 8, "batch_size": 16}
 
 SCHEMA = pa.schema(
     [
@@ -231,6 +235,20 @@ CHAT_TEMPLATE = (
 )
 
 
+# The demo model: a 32 px CLIP with 8 px patches (16 image tokens) and a two-layer Llama. The demo's
+# counts follow from its random weights, so these shapes (and the seeds) stay as they are.
+def tiny_llava_shape(image_size: int = 32, patch: int = 8) -> dict[str, dict[str, Any]]:
+    """The tiny LLaVA's shapes for :func:`random_llava` (``image_size`` px images in ``patch`` px patches)."""
+    if image_size % patch:
+        raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
+    return {
+        "vision": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       image_size=image_size, patch_size=patch, projection_dim=32),
+        "text": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=2048),
+    }
+
+
 def build_tiny_llava(out_dir: str, *, image_size: int = 32, patch: int = 8, seed: int = 0) -> str:
     """Save a tiny random-weight LLaVA (CLIP vision + Llama text, ~160k parameters) and its
     processor to the local folder ``out_dir``; return ``out_dir``.
@@ -238,65 +256,9 @@ def build_tiny_llava(out_dir: str, *, image_size: int = 32, patch: int = 8, seed
     It loads back with ``from_pretrained`` (``load_target(out_dir)``). Deterministic in
     ``seed``; safe to rerun (files are overwritten).
     """
-    if image_size % patch:
-        raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}")
-    import torch
     from transformers.utils import logging as hf_logging
-    from transformers import (
-        CLIPImageProcessorPil,  # CLIPImageProcessor needs torchvision in transformers 5
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
 
-    tokenizer = _build_tokenizer()
-    vision_config = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch,
-        projection_dim=32,
-    )
-    text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision_config,
-        text_config=text_config,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(image_size // patch) ** 2,  # "default" drops CLS: one feature per patch
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).eval()
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(tokenizer, key))
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-        ),
-        tokenizer=tokenizer,
-        patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token; the "default" strategy drops it again
-        chat_template=CHAT_TEMPLATE,
-        image_token="<image>",
-    )
+    model, processor = random_llava("cpu", shape=tiny_llava_shape(image_size, patch), dtype=None, seed=seed)
     hf_logging.disable_progress_bar()  # a bar for a 1 MB file is noise
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
@@ -404,16 +366,21 @@ LLAVA_7B_SHAPE = {
 }
 
 
-def random_llava(device: str, *, shape: dict[str, dict[str, Any]] = LLAVA_7B_SHAPE, dtype=None, seed: int = 0):
+def random_llava(device: str, *, shape: dict[str, dict[str, Any]] = LLAVA_7B_SHAPE, dtype: str | None = "bfloat16",
+                 seed: int = 0):
     """(model, processor): random weights with ``shape`` (LLaVA-1.5-7B's by default), built on ``device``.
 
-    For GPU benchmarks: the compute and memory of the real model (~7B parameters, bfloat16 by
-    default, SDPA attention; about 14 GB of device memory), with the demo's small tokenizer
-    (ids past its vocabulary decode to nothing). Nothing is downloaded.
+    The one place a LLaVA is assembled from the demo's tokenizer: :func:`build_tiny_llava` saves
+    one with :func:`tiny_llava_shape`; GPU benchmarks take the default, the compute and memory of
+    the real model (~7B parameters, SDPA attention; about 14 GB of device memory in bfloat16).
+    ``dtype`` names a torch dtype; None builds in torch's default (float32) and leaves the dtype
+    out of the saved config, as the demo model always has. ``shape["text"]`` without
+    ``vocab_size`` gets the tokenizer's; ids past the tokenizer's vocabulary decode to nothing.
+    Deterministic in ``seed``; nothing is downloaded.
     """
     import torch
     from transformers import (
-        CLIPImageProcessorPil,
+        CLIPImageProcessorPil,  # CLIPImageProcessor needs torchvision in transformers 5
         CLIPVisionConfig,
         LlamaConfig,
         LlavaConfig,
@@ -425,17 +392,18 @@ def random_llava(device: str, *, shape: dict[str, dict[str, Any]] = LLAVA_7B_SHA
     vision = shape["vision"]
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(**vision),
-        text_config=LlamaConfig(**shape["text"], bos_token_id=tokenizer.bos_token_id,
-                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        text_config=LlamaConfig(**{"vocab_size": len(tokenizer), **shape["text"]},
+                                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,
+        image_seq_length=(vision["image_size"] // vision["patch_size"]) ** 2,  # "default" drops CLS: one per patch
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration._from_config(
-            config, dtype=dtype or torch.bfloat16, attn_implementation="sdpa").eval()
+            config, attn_implementation="sdpa", **({} if dtype is None else {"dtype": getattr(torch, dtype)})).eval()
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
     side = vision["image_size"]
@@ -444,7 +412,7 @@ def random_llava(device: str, *, shape: dict[str, dict[str, Any]] = LLAVA_7B_SHA
         tokenizer=tokenizer,
         patch_size=vision["patch_size"],
         vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        num_additional_image_tokens=1,  # CLIP's CLS token; the "default" strategy drops it again
         chat_template=CHAT_TEMPLATE,
         image_token="<image>",
     )

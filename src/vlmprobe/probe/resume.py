@@ -28,9 +28,10 @@ Design (issue 5, "never pay twice"):
 - **Fingerprint.** What the outputs depend on (:func:`fingerprint_settings`): target model,
   ``max_new_tokens``, teacher model, template version, thinking budget, the image size and output
   token limits sent to the teacher, the journal format. Rank 0 keeps them in
-  ``_journal/_fingerprint.json`` and, before the work plan goes out (so before any rank appends),
-  discards a journal made with other settings — or with none recorded — with a warning naming
-  what changed. Every entry also carries the settings' hash (``fp``); readers skip other hashes.
+  ``_journal/_fingerprint.json`` (:class:`vlmprobe.contracts.ProbeJournalHeader`, with a
+  ``schema_version``: a header of a version this code does not read stops the step, one line)
+  and, before the work plan goes out (so before any rank appends), discards a journal made with
+  other settings — or with none recorded — with a warning naming what changed. Every entry also carries the settings' hash (``fp``); readers skip other hashes.
   Not in it: ``input_uri``, ``seed``, ``parquet_sample_size`` (another sample is other rows,
   matched or not by place), concurrency and quota settings (speed, not answers).
 
@@ -38,7 +39,7 @@ Durability: a local journal flushes each entry (a SIGKILL loses at most the entr
 written); on object stores a segment is written every 64 entries or 10 s
 (:mod:`vlmprobe.io.journal`). After a kill the requests paid again are those of the rows that
 were between their first and last teacher call — at most ``concurrency`` of them
-(:class:`~vlmprobe.probe.run.RankProbe`) — plus, on object stores, the last unwritten segment.
+(:class:`~vlmprobe.probe.loop.RankProbe`) — plus, on object stores, the last unwritten segment.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlmprobe.io import JsonlWriter, exists, join, read_json, write_json
+from vlmprobe.contracts import ProbeJournalHeader
+from vlmprobe.io import JsonlWriter, exists, join
 from vlmprobe.io.fs import basename
 from vlmprobe.io.journal import Journal, read_segment
 from vlmprobe.io.parquet import ReadError, Row, WorkUnit
@@ -60,7 +62,6 @@ from vlmprobe.io.parquet import ReadError, Row, WorkUnit
 log = logging.getLogger("vlmprobe.probe")
 
 JOURNAL_FORMAT = 1
-FINGERPRINT_FILE = "_fingerprint.json"
 OUTCOMES = ("passed", "verified", "rejected", "error")
 # Error rows a rerun tries again (see the module docstring).
 RETRIED_REASONS = ("teacher_budget_reached", "target_error")
@@ -68,17 +69,17 @@ RETRIED_REASONS = ("teacher_budget_reached", "target_error")
 
 def fingerprint_settings(cfg: Any) -> dict[str, Any]:
     """The settings a probe's outputs depend on (see the module docstring)."""
-    return {
-        "journal_format": JOURNAL_FORMAT,
-        "target_model": cfg.target_model,
-        "max_new_tokens": cfg.max_new_tokens,
-        "gemini_model": cfg.gemini_model,
-        "template_version": cfg.template_version,
-        "thinking_budget": cfg.thinking_budget,
-        "teacher_image_max_side": cfg.teacher_image_max_side,
-        "max_output_tokens_factor": cfg.max_output_tokens_factor,
-        "max_output_tokens_verify": cfg.max_output_tokens_verify,
-    }
+    return ProbeJournalHeader(
+        journal_format=JOURNAL_FORMAT,
+        target_model=cfg.target_model,
+        max_new_tokens=cfg.max_new_tokens,
+        gemini_model=cfg.gemini_model,
+        template_version=cfg.template_version,
+        thinking_budget=cfg.thinking_budget,
+        teacher_image_max_side=cfg.teacher_image_max_side,
+        max_output_tokens_factor=cfg.max_output_tokens_factor,
+        max_output_tokens_verify=cfg.max_output_tokens_verify,
+    ).settings()
 
 
 def fingerprint_of(settings: dict[str, Any]) -> str:
@@ -93,8 +94,8 @@ def keep_or_discard(journal_dir: str, settings: dict[str, Any]) -> list[str]:
     """
     journal = Journal(journal_dir, "check")
     segments = journal.segments()
-    fp_uri = join(journal_dir, FINGERPRINT_FILE)
-    old = read_json(fp_uri) if exists(fp_uri) else None
+    fp_uri = join(journal_dir, ProbeJournalHeader.NAME)
+    old = ProbeJournalHeader.recorded(fp_uri) if exists(fp_uri) else None
     if segments and old != settings:
         if old is None:
             why = "it records no settings"
@@ -106,7 +107,7 @@ def keep_or_discard(journal_dir: str, settings: dict[str, Any]) -> list[str]:
         journal.clear()
         segments = []
     if old != settings or not segments:
-        write_json(fp_uri, settings)
+        ProbeJournalHeader(**settings).write(fp_uri)
     if segments:
         log.info("resume journal %s: %d segment(s) of earlier attempts apply", journal_dir, len(segments))
     return segments

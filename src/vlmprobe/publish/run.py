@@ -1,7 +1,9 @@
 """Step 4: check that every expected output exists and adds up, judge the run, write ``manifest.json``.
 
-Reads ``probe/_SUCCESS.json``, ``sample/shards.json``, each QA shard's stats and the run's
-teacher ledgers (``_teacher/ledgers/``), counts the lines of every output file, and:
+Reads ``probe/_SUCCESS.json``, ``sample/shards.json`` and each QA shard's stats through their
+models (:mod:`vlmprobe.contracts`: a file of a ``schema_version`` this code does not read stops
+the step with one line, exit 2), the run's teacher ledgers (``_teacher/ledgers/``), counts the
+lines of every output file, and:
 
 - refuses to publish (``RuntimeError``, retried) when a shard is missing or a count does not
   add up — no manifest is written, there is nothing consistent to describe;
@@ -11,9 +13,10 @@ teacher ledgers (``_teacher/ledgers/``), counts the lines of every output file, 
   reached": ``max_cost_usd`` stopped new requests). The outputs stay for inspection and the
   manifest is written as ``manifest.failed.json`` (with ``failed``: the reasons), never as
   ``manifest.json``: a consumer that waits for ``manifest.json`` never sees a failed run;
-- otherwise writes ``manifest.json``: per step the counts, the input accounting, what bound the
-  probe, the teacher's figures (requests, retries, 429s, prompt/output/thinking/cached tokens,
-  estimated cost) and the QA items the target failed; run totals.
+- otherwise writes ``manifest.json`` (:class:`vlmprobe.contracts.Manifest`, with its
+  ``schema_version``): per step the counts, the input accounting, what bound the probe, the
+  teacher's figures (requests, retries, 429s, prompt/output/thinking/cached tokens, estimated
+  cost) and the QA items the target failed; run totals.
 
 Teacher figures per step are the sums of the ``teacher`` stats of the probe's ranks and the QA
 shards, i.e. of the attempts that produced the outputs; ``teacher.all_attempts`` adds up the
@@ -31,8 +34,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vlmprobe.config import PublishConfig
+from vlmprobe.contracts import (AttemptFigures, BoundBy, BudgetReachedRows, Checks, Manifest, ManifestProbe, ManifestQA,
+                                ManifestSample, ManifestShard, ManifestTeacher, ModelNames, Outputs, PipelineSummary,
+                                Prices, ProbeSuccess, QAShardStats, RunTeacherFigures, ShardPlan, StepCheck,
+                                TargetCheckSummary, TeacherFigures, Timings, TokenCounts)
 from vlmprobe.errors import VlmprobeError
-from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_tree, write_json
+from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_tree
 from vlmprobe.io.fs import basename, list_dir
 from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
 
@@ -56,7 +63,7 @@ def _count_lines(uri: str) -> int:
     return sum(1 for _ in iter_jsonl(uri)) if exists(uri) else 0
 
 
-def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> dict[str, Any]:
+def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> TeacherFigures:
     """A step's teacher figures from its processes' ``teacher`` stats (probe ranks, QA shards).
 
     The cost is estimated from the summed tokens with the one price table
@@ -73,23 +80,20 @@ def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> di
         total.update({k: int(s.get(k) or 0) for k in TEACHER_SUMS})
         gave_up.update(s.get("gave_up") or {})
         paused += float(s.get("paused_s") or 0.0)
-    out: dict[str, Any] = {k: total[k] for k in TEACHER_SUMS}
-    out["estimated_cost_usd"] = estimate_cost(model, total["prompt_tokens"], total["output_tokens"],
-                                              total["cached_tokens"])
-    out["gave_up"] = dict(gave_up)
-    out["paused_s"] = round(paused, 3)
-    out["processes"] = processes
-    return out
+    return TeacherFigures(
+        **{k: total[k] for k in TEACHER_SUMS},
+        estimated_cost_usd=estimate_cost(model, total["prompt_tokens"], total["output_tokens"],
+                                         total["cached_tokens"]),
+        gave_up=dict(gave_up), paused_s=round(paused, 3), processes=processes)
 
 
-def _sum_figures(model: str, *steps: Mapping[str, Any]) -> dict[str, Any]:
-    total = {k: sum(int(s.get(k) or 0) for s in steps) for k in TEACHER_SUMS}
-    total["estimated_cost_usd"] = estimate_cost(model, total["prompt_tokens"], total["output_tokens"],
-                                                total["cached_tokens"])
-    return total
+def _sum_figures(model: str, *steps: TeacherFigures) -> RunTeacherFigures:
+    total = {k: sum(getattr(s, k) for s in steps) for k in TEACHER_SUMS}
+    return RunTeacherFigures(**total, estimated_cost_usd=estimate_cost(
+        model, total["prompt_tokens"], total["output_tokens"], total["cached_tokens"]))
 
 
-def _ledgers(layout: RunLayout) -> dict[str, Any]:
+def _ledgers(layout: RunLayout) -> dict[str, AttemptFigures]:
     """Every attempt's requests, tokens and estimated cost, per step, from the run's teacher ledgers."""
     steps: dict[str, Counter[str]] = {}
     cost: Counter[str] = Counter()
@@ -107,76 +111,54 @@ def _ledgers(layout: RunLayout) -> dict[str, Any]:
         c["requests"] += sum(int(v) for v in (ledger.get("requests_by_day") or {}).values())
         c.update({k: int(v) for k, v in (ledger.get("usage") or {}).items() if k in TOKENS})
         cost[step] += float(ledger.get("cost_usd") or 0.0)
-    out: dict[str, Any] = {}
+    out: dict[str, AttemptFigures] = {}
     for step, c in sorted(steps.items()):
-        out[step] = {"requests": c["requests"], **{k: c[k] for k in TOKENS},
-                     "estimated_cost_usd": round(cost[step], 6)}
-    out["run"] = {"requests": sum(s["requests"] for s in out.values()),
-                  **{k: sum(s[k] for s in list(out.values())) for k in TOKENS},
-                  "estimated_cost_usd": round(sum(cost.values()), 6)}
+        out[step] = AttemptFigures(requests=c["requests"], **{k: c[k] for k in TOKENS},
+                                   estimated_cost_usd=round(cost[step], 6))
+    out["run"] = AttemptFigures(requests=sum(s.requests for s in out.values()),
+                                **{k: sum(getattr(s, k) for s in out.values()) for k in TOKENS},
+                                estimated_cost_usd=round(sum(cost.values()), 6))
     return out
 
 
-def input_accounting(probe: Mapping[str, Any]) -> dict[str, Any]:
-    """Rows read, rows lost, files lost (the probe's input accounting in ``_SUCCESS.json``)."""
-    given = dict(probe.get("input") or {})
-    counts = probe.get("counts") or {}
-    out = {
-        "rows_read": int(given.get("rows_read", counts.get("rows", 0))),
-        "rows_lost": int(given.get("rows_lost", 0)),
-        "files_lost": int(given.get("files_lost", counts.get("bad_files", 0))),
-    }
-    out.update({k: v for k, v in given.items() if k not in out})
-    return out
-
-
-def bound_by(probe: Mapping[str, Any]) -> dict[str, Any] | None:
+def bound_by(summary: PipelineSummary) -> BoundBy:
     """What bound the probe: its pipeline summary (device busy fraction, the waits, the bound) and,
     when the teacher bound it, how many GPUs would have finished in the same time.
 
     ``teacher_wait_s`` is the time the device waited for the teacher to take more failures;
     ``tail_s`` the time after the last batch, spent finishing the teacher's backlog. A short run
     is teacher-bound through its tail alone."""
-    summary = probe.get("pipeline")
-    if not summary:
-        ranks = [r["pipeline"] for r in probe.get("ranks") or [] if r.get("pipeline")]
-        if not ranks:
-            return None
-        from vlmprobe.probe.pipeline import summarize
-
-        summary = summarize(ranks)
-    out = {k: summary[k] for k in ("bound", "busy_fraction", "teacher_wait_s", "tail_s", "input_wait_s",
-                                   "device_busy_s", "wall_s", "ranks") if k in summary}
-    if summary.get("bound") == "teacher" and "devices_for_same_time" in summary:
-        out["gpus_for_same_time"] = summary["devices_for_same_time"]
-    return out
+    return BoundBy(bound=summary.bound, busy_fraction=summary.busy_fraction, teacher_wait_s=summary.teacher_wait_s,
+                   tail_s=summary.tail_s, input_wait_s=summary.input_wait_s, device_busy_s=summary.device_busy_s,
+                   wall_s=summary.wall_s, ranks=summary.ranks,
+                   gpus_for_same_time=summary.devices_for_same_time if summary.bound == "teacher" else None)
 
 
 def teacher_error_rows(reasons: Mapping[str, int]) -> int:
     return sum(int(n) for r, n in reasons.items() if r.startswith("teacher_"))
 
 
-def judge(manifest: Mapping[str, Any], max_error_rate: float) -> tuple[dict[str, Any], list[str]]:
+def judge(probe: ManifestProbe, qa: ManifestQA, max_error_rate: float) -> tuple[Checks, list[str]]:
     """(the checks' figures, why the run fails — empty when it does not)."""
     reasons: list[str] = []
-    checks: dict[str, Any] = {"max_error_rate": max_error_rate}
-    probe, qa = manifest["probe"], manifest["qa"]
-    for step, records, what in (("probe", probe["counts"].get("rows", 0), "rows"),
-                                ("qa", qa["counts"].get("failures", 0), "failures")):
-        errors = teacher_error_rows(manifest[step]["error_reasons"])
+    checks: dict[str, StepCheck] = {}
+    for step, part, records, what in (("probe", probe, probe.counts.rows, "rows"),
+                                      ("qa", qa, qa.counts.get("failures", 0), "failures")):
+        errors = teacher_error_rows(part.error_reasons)
         rate = errors / records if records else 0.0
-        checks[step] = {"teacher_error_rows": errors, "records": records, "teacher_error_rate": round(rate, 4)}
+        checks[step] = StepCheck(teacher_error_rows=errors, records=records, teacher_error_rate=round(rate, 4))
         if rate > max_error_rate:
             reasons.append(f"{step}: {errors} of {records} {what} ({rate:.1%}) ended as teacher error rows, more "
                            f"than max_error_rate {max_error_rate:.1%} (reasons: "
-                           f"{_teacher_reasons(manifest[step]['error_reasons'])})")
-    budget = {step: int(manifest[step]["error_reasons"].get(BUDGET_REASON, 0)) for step in ("probe", "qa")}
-    checks["budget_reached_rows"] = budget
-    if any(budget.values()):
-        where = ", ".join(f"{n} {step} record(s)" for step, n in budget.items() if n)
+                           f"{_teacher_reasons(part.error_reasons)})")
+    budget = BudgetReachedRows(probe=int(probe.error_reasons.get(BUDGET_REASON, 0)),
+                               qa=int(qa.error_reasons.get(BUDGET_REASON, 0)))
+    if budget.probe or budget.qa:
+        where = ", ".join(f"{n} {step} record(s)" for step, n in budget.model_dump().items() if n)
         reasons.append(f"budget reached: max_cost_usd stopped new teacher requests and {where} got no answer "
                        "(raise max_cost_usd and rerun the step: it resumes)")
-    return checks, reasons
+    return Checks(max_error_rate=max_error_rate, probe=checks["probe"], qa=checks["qa"],
+                  budget_reached_rows=budget), reasons
 
 
 def _teacher_reasons(reasons: Mapping[str, int]) -> str:
@@ -185,111 +167,105 @@ def _teacher_reasons(reasons: Mapping[str, int]) -> str:
 
 
 def publish(cfg: PublishConfig) -> dict[str, Any]:
+    """Run step 4 (see the module docstring); returns the manifest's URI and the QA items, for XCom."""
     layout = RunLayout(cfg.output_uri, cfg.run_date)
     for uri, step in ((layout.probe_success, "probe"), (layout.shard_plan, "sample_keys")):
         if not exists(uri):
             raise FileNotFoundError(f"{uri} is missing: {step} has not finished for {cfg.run_date}")
     layout.invalidate("publish")  # the earlier verdict (manifest.json or manifest.failed.json) goes first
-    probe = read_json(layout.probe_success)
-    plan = read_json(layout.shard_plan)
+    probe = ProbeSuccess.read(layout.probe_success)
+    plan = ShardPlan.read(layout.shard_plan)
 
     problems: list[str] = []
-    pc = probe["counts"]
-    if pc["rows"] != pc["passed"] + pc["verified"] + pc["rejected"] + pc["errors"]:
-        problems.append(f"probe counts do not add up: {pc}")
-    sc = plan["counts"]  # sample_keys counted the failures in the probe's files: not read again here
-    if sc["input_failures"] != pc["verified"]:
-        problems.append(f"sample_keys read {sc['input_failures']} failures, probe verified {pc['verified']}")
+    pc = probe.counts
+    if pc.rows != pc.passed + pc.verified + pc.rejected + pc.errors:
+        problems.append(f"probe counts do not add up: {pc.model_dump()}")
+    sc = plan.counts  # sample_keys counted the failures in the probe's files: not read again here
+    if sc.input_failures != pc.verified:
+        problems.append(f"sample_keys read {sc.input_failures} failures, probe verified {pc.verified}")
 
     qa_counts: Counter[str] = Counter()
     qa_tokens: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     qa_teacher: list[dict[str, Any]] = []
     checked_shards = 0
-    shards = []
-    for shard in plan["shards"]:
-        i = shard["shard_index"]
+    shards: list[ManifestShard] = []
+    for shard in plan.shards:
+        i = shard.shard_index
         stats_uri = layout.qa_stats(i)
         if not exists(stats_uri) or not exists(layout.qa_shard(i)):
             problems.append(f"qa shard {i} has no complete output ({layout.qa_shard(i)})")
             continue
-        stats = read_json(stats_uri)
+        stats = QAShardStats.read(stats_uri)
         items = _count_lines(layout.qa_shard(i))
-        if items != stats["counts"]["items"] or stats["counts"]["failures"] != shard["count"]:
-            problems.append(f"qa shard {i}: {items} items on disk, stats {stats['counts']}, plan {shard}")
-        qa_counts.update(stats["counts"])
-        qa_tokens.update(stats.get("tokens") or {})
-        reasons.update(stats["error_reasons"])
-        qa_teacher.append(stats.get("teacher"))
-        checked_shards += bool((stats.get("target_check") or {}).get("enabled"))
-        shards.append({"shard_index": i, "uri": layout.qa_shard(i), **stats["counts"],
-                       "elapsed_s": stats["elapsed_s"]})
-    if not problems and qa_counts["failures"] != sc["sampled"]:
-        problems.append(f"qa saw {qa_counts['failures']} failures, sample_keys kept {sc['sampled']}")
+        if items != stats.counts.items or stats.counts.failures != shard.count:
+            problems.append(f"qa shard {i}: {items} items on disk, stats {stats.counts.model_dump()}, "
+                            f"plan {shard.model_dump()}")
+        qa_counts.update(stats.counts.model_dump())
+        qa_tokens.update(stats.tokens.model_dump())
+        reasons.update(stats.error_reasons)
+        qa_teacher.append(stats.teacher)
+        checked_shards += stats.target_check.enabled
+        shards.append(ManifestShard(shard_index=i, uri=layout.qa_shard(i), **stats.counts.model_dump(),
+                                    elapsed_s=stats.elapsed_s))
+    if not problems and qa_counts["failures"] != sc.sampled:
+        problems.append(f"qa saw {qa_counts['failures']} failures, sample_keys kept {sc.sampled}")
     if problems:
         raise RuntimeError("refusing to publish " + cfg.run_date + ":\n- " + "\n- ".join(problems))
 
-    model = probe.get("teacher_model", cfg.gemini_model)
-    probe_teacher = teacher_figures((r.get("teacher") for r in probe.get("ranks") or []), model)
+    model = probe.teacher_model
+    probe_teacher = teacher_figures((r.teacher for r in probe.ranks), model)
     qa_teacher_figures = teacher_figures(qa_teacher, model)
     run_teacher = _sum_figures(model, probe_teacher, qa_teacher_figures)
     target_check = None
     if checked_shards:
         checked, failed = qa_counts["items_checked"], qa_counts["items_target_failed"]
-        target_check = {"shards": checked_shards, "items_checked": checked, "items_target_failed": failed,
-                        "target_failed_rate": round(failed / checked, 4) if checked else 0.0,
-                        "items_dropped_target_passed": qa_counts["items_dropped_target_passed"]}
-    manifest: dict[str, Any] = {
-        "run_date": cfg.run_date,
-        "published_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        "models": {"target": probe["target_model"], "teacher": model},
-        "probe": {"counts": pc, "error_reasons": probe.get("error_reasons", {}),
-                  "input": input_accounting(probe),
-                  "bound_by": bound_by(probe),
-                  "teacher": probe_teacher,
-                  "world_size": probe["world_size"], "input_files": len(probe["input_files"]),
-                  "elapsed_s": probe["elapsed_s"], "tokens": probe.get("tokens", {})},
-        "sample": {"counts": sc, "format": plan["format"], "embed_images": plan["embed_images"],
-                   "uri": plan["failures_uri"],
-                   "keys_per_category": plan.get("keys_per_category", {}),
-                   "keys_below_min_per_key": plan.get("keys_below_min_per_key", {})},
-        "qa": {"counts": dict(qa_counts), "error_reasons": dict(reasons), "tokens": dict(qa_tokens),
-               "teacher": qa_teacher_figures, "target_check": target_check, "shards": shards},
-        "teacher": {"model": model, "probe": probe_teacher, "qa": qa_teacher_figures, "run": run_teacher,
-                    "all_attempts": _ledgers(layout),
-                    "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE}},
-        "tokens": {k: run_teacher[k] for k in TOKENS},
-        "estimated_cost_usd": run_teacher["estimated_cost_usd"],
-        "timings_s": {
-            "probe": probe["elapsed_s"],
-            "qa_slowest_shard": max((s["elapsed_s"] for s in shards), default=0.0),
-            "qa_all_shards": round(sum(s["elapsed_s"] for s in shards), 3),
-        },
-        "outputs": {
-            "qa": [s["uri"] for s in shards],
-            "failures": plan["failures_uri"],
-            "errors": layout.errors_dir,
-        },
-    }
-    checks, failed = judge(manifest, cfg.max_error_rate)
-    manifest["checks"] = checks
+        target_check = TargetCheckSummary(shards=checked_shards, items_checked=checked, items_target_failed=failed,
+                                          target_failed_rate=round(failed / checked, 4) if checked else 0.0,
+                                          items_dropped_target_passed=qa_counts["items_dropped_target_passed"])
+    probe_part = ManifestProbe(counts=pc, error_reasons=probe.error_reasons, input=probe.input,
+                               bound_by=bound_by(probe.pipeline), teacher=probe_teacher,
+                               world_size=probe.world_size, input_files=len(probe.input_files),
+                               elapsed_s=probe.elapsed_s, tokens=probe.tokens)
+    qa_part = ManifestQA(counts=dict(qa_counts), error_reasons=dict(reasons), tokens=dict(qa_tokens),
+                         teacher=qa_teacher_figures, target_check=target_check, shards=shards)
+    checks, failed = judge(probe_part, qa_part, cfg.max_error_rate)
+    manifest = Manifest(
+        run_date=cfg.run_date,
+        published_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+        models=ModelNames(target=probe.target_model, teacher=model),
+        probe=probe_part,
+        sample=ManifestSample(counts=sc, format=plan.format, embed_images=plan.embed_images, uri=plan.failures_uri,
+                              keys_per_category=plan.keys_per_category,
+                              keys_below_min_per_key=plan.keys_below_min_per_key),
+        qa=qa_part,
+        teacher=ManifestTeacher(model=model, probe=probe_teacher, qa=qa_teacher_figures, run=run_teacher,
+                                all_attempts=_ledgers(layout), prices=Prices(as_of=PRICES_AS_OF, source=PRICES_SOURCE)),
+        tokens=TokenCounts(**{k: getattr(run_teacher, k) for k in TOKENS}),
+        estimated_cost_usd=run_teacher.estimated_cost_usd,
+        timings_s=Timings(probe=probe.elapsed_s,
+                          qa_slowest_shard=max((s.elapsed_s for s in shards), default=0.0),
+                          qa_all_shards=round(sum(s.elapsed_s for s in shards), 3)),
+        outputs=Outputs(qa=[s.uri for s in shards], failures=plan.failures_uri, errors=layout.errors_dir),
+        checks=checks,
+        failed=failed or None,
+    )
     if failed:
-        manifest["failed"] = failed
-        write_json(layout.manifest_failed, manifest)
+        manifest.write(layout.manifest_failed)
         raise RunFailed(f"run {cfg.run_date} failed: " + "; ".join(failed) +
                         f"; the outputs stay for inspection, the figures are in {layout.manifest_failed}")
-    write_json(layout.manifest, manifest)
+    manifest.write(layout.manifest)
     # Every shard finished (its journal went with it); journals left by shards of an earlier plan go now.
     remove_tree(layout.qa_journal)
-    log.info("published %s: %d QA items from %d failures", layout.manifest, qa_counts["items"], sc["sampled"])
-    for step in ("probe", "qa"):
-        log.info("teacher %s", teacher_line(step, manifest["teacher"][step]))
-    return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest["outputs"]["qa"]}
+    log.info("published %s: %d QA items from %d failures", layout.manifest, qa_counts["items"], sc.sampled)
+    for step, figures in (("probe", probe_teacher), ("qa", qa_teacher_figures)):
+        log.info("teacher %s", teacher_line(step, figures))
+    return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest.outputs.qa}
 
 
-def teacher_line(step: str, t: Mapping[str, Any]) -> str:
+def teacher_line(step: str, t: TeacherFigures) -> str:
     """One line of a step's teacher figures, for logs and the demo."""
-    cost = t.get("estimated_cost_usd")
-    return (f"{step}: {t['requests']} requests, {t['retries']} retries, {t['rate_limited']} 429s; "
-            f"tokens prompt {t['prompt_tokens']} (cached {t['cached_tokens']}), output {t['output_tokens']} "
-            f"(thinking {t['thinking_tokens']}); est. " + (f"${cost:.4f}" if cost is not None else "cost unknown"))
+    cost = t.estimated_cost_usd
+    return (f"{step}: {t.requests} requests, {t.retries} retries, {t.rate_limited} 429s; "
+            f"tokens prompt {t.prompt_tokens} (cached {t.cached_tokens}), output {t.output_tokens} "
+            f"(thinking {t.thinking_tokens}); est. " + (f"${cost:.4f}" if cost is not None else "cost unknown"))

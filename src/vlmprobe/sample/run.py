@@ -21,9 +21,9 @@ carries its image as base64, read and encoded in a thread pool; a record whose i
 read goes to ``errors/sample.jsonl``. Every input record is counted in exactly one of sampled,
 errors, over_cap, duplicates, below_min_per_key, over_category_cap.
 
-``sample/shards.json`` plans the QA shards: contiguous, balanced by estimated request tokens,
-each with its byte range so a shard reads only its own records
-(:func:`vlmprobe.sample.shards.iter_shard_records`).
+``sample/shards.json`` (:class:`vlmprobe.contracts.ShardPlan`, with its ``schema_version``) plans
+the QA shards: contiguous, balanced by estimated request tokens, each with its byte range so a
+shard reads only its own records (:func:`vlmprobe.sample.shards.iter_shard_records`).
 
 Memory is flat in the number of failures: a candidate costs 24 bytes (keys × samples_per_key of
 them), a chosen record ~19 bytes of arrays in pass 2, images are embedded a chunk at a time. Object-store inputs are copied to a local spool
@@ -45,8 +45,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from vlmprobe.config import SampleConfig
+from vlmprobe.contracts import CategoryCounts, KeyCounts, ProbeSuccess, SampleCounts, ShardPlan
 from vlmprobe.errors import InputError
-from vlmprobe.io import JsonlWriter, RunLayout, exists, read_json, write_json
+from vlmprobe.io import JsonlWriter, RunLayout, exists
 from vlmprobe.io.fs import atomic_write, is_local, open_input_stream, resolve
 from vlmprobe.io.jsonl import iter_lines
 from vlmprobe.records import error_record, key_category
@@ -208,8 +209,7 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{layout.probe_success} is missing: step 1 (probe) has not finished for run date "
             f"{cfg.run_date}; run or rerun probe first")
-    success = read_json(layout.probe_success)
-    files: list[str] = list(success["failure_files"])
+    files: list[str] = list(ProbeSuccess.read(layout.probe_success).failure_files)
     removed = layout.invalidate("sample")
     if removed:
         log.info("rerun: removed %d stale output(s) of sample_keys and later steps", len(removed))
@@ -270,47 +270,47 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
     shards = plan_shards(weights, out.starts, out.stops, cfg.num_shards)
     per_category: dict[str, Counter[str]] = defaultdict(Counter)
     for key, row in per_key.items():
-        per_category[key_category(key)].update(keys=1, failures=row["seen"], kept=row["kept"],
-                                               keys_kept=1 if row["kept"] else 0)
-    counts = {
-        "input_failures": seen,
-        "sampled": sampled,
-        "errors": errors.count,
-        "bad_records": bad_records,
-        "over_cap": sum(r["over_cap"] for r in per_key.values()),
-        "duplicates": sum(r["duplicates"] for r in per_key.values()),
-        "below_min_per_key": sum(r["below_min_per_key"] for r in per_key.values()),
-        "over_category_cap": sum(r["over_category_cap"] for r in per_key.values()),
-        "keys": len(per_key),
-        "keys_sampled": sum(1 for r in per_key.values() if r["kept"]),
-    }
-    accounted = sum(counts[k] for k in ("sampled", "errors", "over_cap", "duplicates", "below_min_per_key",
-                                        "over_category_cap"))
+        per_category[key_category(key)].update(keys=1, failures=row.seen, kept=row.kept,
+                                               keys_kept=1 if row.kept else 0)
+    counts = SampleCounts(
+        input_failures=seen,
+        sampled=sampled,
+        errors=errors.count,
+        bad_records=bad_records,
+        over_cap=sum(r.over_cap for r in per_key.values()),
+        duplicates=sum(r.duplicates for r in per_key.values()),
+        below_min_per_key=sum(r.below_min_per_key for r in per_key.values()),
+        over_category_cap=sum(r.over_category_cap for r in per_key.values()),
+        keys=len(per_key),
+        keys_sampled=sum(1 for r in per_key.values() if r.kept),
+    )
+    accounted = (counts.sampled + counts.errors + counts.over_cap + counts.duplicates + counts.below_min_per_key
+                 + counts.over_category_cap)
     if accounted != seen:
-        raise RuntimeError(f"sample_keys lost records: {seen} read, {accounted} accounted for: {counts}")
-    plan = {
-        "run_date": cfg.run_date,
-        "failures_uri": failures_uri,
-        "format": cfg.error_output_format,
-        "embed_images": cfg.embed_images,
-        "total": sampled,
-        "num_shards": len(shards),
-        "shards": shards,
-        "counts": counts,
-        "error_reasons": dict(error_reasons),
-        "keys_per_category": {c: dict(v) for c, v in sorted(per_category.items())},
-        "keys_below_min_per_key": {k: r["seen"] for k, r in per_key.items() if r["below_min_per_key"]},
-        "per_key": per_key,
-        "samples_per_key": cfg.samples_per_key,
-        "min_per_key": cfg.min_per_key,
-        "max_per_category": cfg.max_per_category,
-        "seed": cfg.seed,
-    }
-    write_json(layout.shard_plan, plan)
+        raise RuntimeError(f"sample_keys lost records: {seen} read, {accounted} accounted for: {counts.model_dump()}")
+    plan = ShardPlan(
+        run_date=cfg.run_date,
+        failures_uri=failures_uri,
+        format=cfg.error_output_format,
+        embed_images=cfg.embed_images,
+        total=sampled,
+        num_shards=len(shards),
+        shards=shards,
+        counts=counts,
+        error_reasons=dict(error_reasons),
+        keys_per_category={c: CategoryCounts(**v) for c, v in sorted(per_category.items())},
+        keys_below_min_per_key={k: r.seen for k, r in per_key.items() if r.below_min_per_key},
+        per_key=per_key,
+        samples_per_key=cfg.samples_per_key,
+        min_per_key=cfg.min_per_key,
+        max_per_category=cfg.max_per_category,
+        seed=cfg.seed,
+    )
+    plan.write(layout.shard_plan)
     log.info("sampled %d of %d failures over %d key(s) into %d shard(s); %d duplicate(s), %d error(s)",
-             sampled, seen, counts["keys"], len(shards), counts["duplicates"], counts["errors"])
+             sampled, seen, counts.keys, len(shards), counts.duplicates, counts.errors)
     # The plan minus the per-key tables: small enough for XCom at the 256-shard bound.
-    small = {k: v for k, v in plan.items() if k not in ("per_key", "keys_below_min_per_key")}
+    small = plan.model_dump(exclude={"schema_version", "per_key", "keys_below_min_per_key"})
     return {"shard_plan_uri": layout.shard_plan, **small}
 
 
@@ -388,10 +388,10 @@ def _output_line(line: bytes, mode: int) -> bytes:
     return record_line(rec)
 
 
-def _per_key_table(selection: Any) -> dict[str, dict[str, int]]:
+def _per_key_table(selection: Any) -> dict[str, KeyCounts]:
     """Per failure key: records seen, kept, and how many were left out for which reason."""
-    return {key: {"seen": n, "kept": selection.count(key), "duplicates": selection.duplicates(key),
-                  "over_cap": selection.over_cap.get(key, 0),
-                  "over_category_cap": selection.over_category_cap.get(key, 0),
-                  "below_min_per_key": selection.below_min.get(key, 0)}
+    return {key: KeyCounts(seen=n, kept=selection.count(key), duplicates=selection.duplicates(key),
+                           over_cap=selection.over_cap.get(key, 0),
+                           over_category_cap=selection.over_category_cap.get(key, 0),
+                           below_min_per_key=selection.below_min.get(key, 0))
             for key, n in sorted(selection.seen.items())}

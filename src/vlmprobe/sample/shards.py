@@ -1,6 +1,6 @@
 """The QA shard plan and the reader each shard uses to read only its own records.
 
-``sample/shards.json`` lists, per shard, its records ``[start, stop)`` (indexes in the sampled
+``sample/shards.json`` (:class:`vlmprobe.contracts.ShardPlan`) lists, per shard, its records ``[start, stop)`` (indexes in the sampled
 failures file) and their bytes ``[byte_start, byte_stop)``: a shard seeks to its first byte and
 reads only its range (one ranged read stream on object stores), however large the file and
 wherever the shard lies in it. Shards are contiguous and balanced by *estimated request
@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from vlmprobe.contracts import QAShardSpan, ShardPlan
 from vlmprobe.io.jsonl import iter_lines
 from vlmprobe.probe.plan import balanced_split
 
@@ -33,7 +34,7 @@ def estimate_request_tokens(record: dict[str, Any]) -> int:
 
 
 def plan_shards(weights: Sequence[int], starts: Sequence[int], stops: Sequence[int],
-                num_shards: int) -> list[dict[str, int]]:
+                num_shards: int) -> list[QAShardSpan]:
     """Contiguous shards balanced by ``weights`` (estimated tokens per record); never an empty one.
 
     Record i's bytes in the sampled failures file are ``[starts[i], stops[i])``.
@@ -43,25 +44,25 @@ def plan_shards(weights: Sequence[int], starts: Sequence[int], stops: Sequence[i
         return []
     shards = []
     for i, (start, stop) in enumerate(balanced_split(weights, n)):
-        shards.append({"shard_index": i, "start": start, "stop": stop, "count": stop - start,
-                       "byte_start": starts[start], "byte_stop": stops[stop - 1],
-                       "estimated_tokens": sum(weights[start:stop])})
+        shards.append(QAShardSpan(shard_index=i, start=start, stop=stop, count=stop - start,
+                                  byte_start=starts[start], byte_stop=stops[stop - 1],
+                                  estimated_tokens=sum(weights[start:stop])))
     return shards
 
 
-def iter_shard_records(plan: dict[str, Any], shard_index: int) -> Iterator[dict[str, Any]]:
+def iter_shard_records(plan: ShardPlan, shard_index: int) -> Iterator[dict[str, Any]]:
     """The sampled failures of one shard, read from its byte range only (JSONL or JSON array).
 
     Raises ValueError when the shard does not exist or its range does not hold its ``count``
     records (the file changed under the plan: rerun sample_keys).
     """
-    shards = plan["shards"]
+    shards = plan.shards
     if not 0 <= shard_index < len(shards):
         raise ValueError(f"shard {shard_index} does not exist: the plan has {len(shards)} shard(s)")
     shard = shards[shard_index]
-    uri = plan["failures_uri"]
+    uri = plan.failures_uri
     n = 0
-    for _, line in iter_lines(uri, shard["byte_start"], shard["byte_stop"]):
+    for _, line in iter_lines(uri, shard.byte_start, shard.byte_stop):
         text = line.strip().rstrip(b",")
         if text in (b"", b"[", b"]"):
             continue
@@ -72,6 +73,6 @@ def iter_shard_records(plan: dict[str, Any], shard_index: int) -> Iterator[dict[
                              "the file changed since sample_keys planned it: rerun sample_keys") from e
         n += 1
         yield record
-    if n != shard["count"]:
+    if n != shard.count:
         raise ValueError(f"{uri}: shard {shard_index}'s byte range holds {n} record(s), the plan says "
-                         f"{shard['count']}: rerun sample_keys")
+                         f"{shard.count}: rerun sample_keys")

@@ -26,13 +26,17 @@ def process_name(cfg: Any) -> str:
     return f"probe-rank-{int(os.environ.get('RANK', 0)):05d}"
 
 
-def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | None = None):
+def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | None = None,
+                 service_tier: str | None = None):
     """A :class:`~vlmprobe.teacher.client.Teacher` for a config with the TeacherSettings fields.
 
-    ``process`` and ``quota_folder`` default to :func:`process_name` and :func:`teacher_folder`.
+    ``process`` and ``quota_folder`` default to :func:`process_name` and :func:`teacher_folder`;
+    ``service_tier`` to the config's ``teacher_service_tier`` when it has one, else standard (the
+    tier raises a timeout or retry window too short for it: see ``TIER_TIMING``).
     """
-    from vlmprobe.teacher.client import RetryPolicy, Teacher
+    from vlmprobe.teacher.client import Teacher
     from vlmprobe.teacher.quota import QuotaLimits
+    from vlmprobe.teacher.retry import RetryPolicy
 
     limits = QuotaLimits(rpm=cfg.teacher_rpm, tpm=cfg.teacher_tpm, rpd=cfg.teacher_rpd,
                          max_cost_usd=cfg.max_cost_usd)
@@ -50,4 +54,5 @@ def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | No
         max_output_tokens={"factor": cfg.max_output_tokens_factor, "verify": cfg.max_output_tokens_verify,
                            "qa": cfg.max_output_tokens_qa},
         image_max_side=cfg.teacher_image_max_side,
+        service_tier=service_tier or getattr(cfg, "teacher_service_tier", None) or "standard",
     )

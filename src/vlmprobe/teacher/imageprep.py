@@ -16,10 +16,11 @@ import io
 import math
 from dataclasses import dataclass
 
+from vlmprobe.images import PASSTHROUGH_MIME, unreadable_image
+
 TOKENS_PER_TILE = 258
 TILE_SIDE = 384
 JPEG_QUALITY = 90
-_PASSTHROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,14 @@ def prepare_image(data: bytes, mime: str, max_side: int) -> PreparedImage:
         img = Image.open(io.BytesIO(data))  # reads the header only
         width, height = img.size
         size = fitted_size(width, height, max_side)
-        passthrough = _PASSTHROUGH.get(img.format or "")
+        passthrough = PASSTHROUGH_MIME.get(img.format or "")
         if size == (width, height) and passthrough is not None:
             return PreparedImage(data, passthrough, width, height, resized=False)
         if img.format == "JPEG":
             img.draft("RGB", size)  # let the decoder scale down by up to 8x: far less work for huge JPEGs
         img.load()
     except Exception as e:  # PIL raises several unrelated types for bad input
-        raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from e
+        raise unreadable_image(e) from e
     alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
     img = img.convert("RGBA" if alpha else "RGB")
     if img.size != size:

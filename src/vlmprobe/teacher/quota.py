@@ -7,7 +7,8 @@ output folder. So each process announces itself there and takes an equal share.
 
 **Leases.** Each process writes ``{output_uri}/{run_date}/_teacher/leases/{process}.json`` when it
 opens its teacher and rewrites it every ``heartbeat_s`` (5 s; every 0.5 s during its first 5 s,
-so that processes starting together see each other before they have sent much). A lease last
+so that processes starting together see each other before they have sent much; every 1 s then on
+gs:// and s3://, see "Object stores" below). A lease last
 written more than ``ttl_s`` (30 s) before the newest lease is dead: a killed process stops
 counting after at most that. Ages are measured between the files' modification times, which the
 storage sets (the object store's clock for gs:// and s3://), so the machines' clocks need not
@@ -41,6 +42,14 @@ run's spend is the sum of the ledgers' ``cost_usd``; :meth:`RunQuota.spent_usd` 
 ``max_cost_usd`` budget. Counts of the last few seconds of a killed process are lost (at most
 one heartbeat).
 
+**Object stores.** GCS accepts about one write per second to one object name (more is answered
+429). On gs:// and s3:// the quick heartbeat is therefore 1 s, not 0.5 s, and every write of a
+lease or ledger (the final ledger and the lease's removal at :meth:`RunQuota.stop` included) starts
+at least :data:`OBJECT_WRITE_INTERVAL_S` after the previous write of that object by this process
+ended, waiting in the worker thread if needed (never on the event loop). Each object is written
+by its own process only, so the store sees at most one write per second per object. (Every
+write goes to a new temporary object first, moved into place: see :mod:`vlmprobe.io.fs`.)
+
 Limits: shares are per run (per ``{run_date}`` folder). Runs of other dates that overlap (a
 backfill with several active runs) or other users of the same Google Cloud project do not see
 these files: lower ``teacher_rpm`` accordingly; the 429 handling absorbs the rest. With no
@@ -70,6 +79,9 @@ log = logging.getLogger(__name__)
 PACIFIC = ZoneInfo("America/Los_Angeles")
 QUICK_HEARTBEAT_S = 0.5
 QUICK_PERIOD_S = 5.0
+# Object stores: at least this long between two writes of one lease or ledger object (GCS allows
+# about one write per second to an object name).
+OBJECT_WRITE_INTERVAL_S = 1.0
 _DAYS_KEPT = 3
 
 
@@ -144,6 +156,8 @@ class RunQuota:
         self._task: asyncio.Task | None = None
         self._closing: asyncio.Event | None = None
         self._lock: asyncio.Lock | None = None
+        self.on_object_store = self.folder is not None and "://" in self.folder and not self.folder.startswith("file://")
+        self._written_at: dict[str, float] = {}  # object stores: when our last write of each file ended
         self._apply()
 
     # -- paths --------------------------------------------------------------------------------
@@ -288,13 +302,20 @@ class RunQuota:
             self.refreshes += 1
             self._apply()
 
+    @property
+    def beat_s(self) -> float:
+        """Seconds to the next heartbeat: quick during the first seconds, never under
+        :data:`OBJECT_WRITE_INTERVAL_S` on an object store."""
+        quick = time.monotonic() - self._started_at < QUICK_PERIOD_S
+        beat = QUICK_HEARTBEAT_S if quick else self.heartbeat_s
+        return max(beat, OBJECT_WRITE_INTERVAL_S) if self.on_object_store else beat
+
     async def _heartbeat(self) -> None:
         assert self._closing is not None
         failures = 0
         while True:
-            quick = time.monotonic() - self._started_at < QUICK_PERIOD_S
             try:
-                await asyncio.wait_for(self._closing.wait(), QUICK_HEARTBEAT_S if quick else self.heartbeat_s)
+                await asyncio.wait_for(self._closing.wait(), self.beat_s)
                 return
             except (asyncio.TimeoutError, TimeoutError):
                 pass
@@ -309,6 +330,24 @@ class RunQuota:
                         "teacher quota heartbeat of %s failed (%d in a row): %s", self.process, failures, e)
 
     # -- files (run in a worker thread) -------------------------------------------------------
+    def _write_json(self, uri: str, obj: dict[str, Any]) -> None:
+        """Write one of our files; on an object store no sooner than OBJECT_WRITE_INTERVAL_S after
+        our previous write of it ended (this waits in the worker thread)."""
+        from vlmprobe.io import write_json
+
+        self._spaced(uri, lambda: write_json(uri, obj))
+
+    def _spaced(self, uri: str, write: Any) -> None:
+        if self.on_object_store:
+            wait = self._written_at.get(uri, -math.inf) + OBJECT_WRITE_INTERVAL_S - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        try:
+            write()
+        finally:
+            if self.on_object_store:
+                self._written_at[uri] = time.monotonic()
+
     def _load_own_ledger(self) -> None:
         from vlmprobe.io import exists, read_json
 
@@ -331,10 +370,8 @@ class RunQuota:
         publish our daily reservation before we use it. Returns (live process names, sorted; the
         others' requests by day; today's requests live others reserved beyond their counts; their
         cost; our new reservation or None)."""
-        from vlmprobe.io import write_json
-
         now = dt.datetime.now(dt.timezone.utc)
-        write_json(self._lease_uri(), {"process": self.process, "host": socket.gethostname(), "pid": os.getpid(),
+        self._write_json(self._lease_uri(), {"process": self.process, "host": socket.gethostname(), "pid": os.getpid(),
                                        "heartbeat_at": now.isoformat(), "rpm_share": self.rpm_share,
                                        "tpm_share": self.tpm_share})
         leases = self._list("leases")
@@ -373,7 +410,7 @@ class RunQuota:
             dirty = dirty or ledger.get("reserved") != reservation
             ledger["reserved"] = reservation
         if dirty:
-            write_json(self._ledger_uri(), {**ledger, "updated_at": now.isoformat()})
+            self._write_json(self._ledger_uri(), {**ledger, "updated_at": now.isoformat()})
         return names, others_by_day, others_reserved, others_cost, reservation
 
     def _list(self, sub: str) -> dict[str, tuple[float | None, str]]:
@@ -420,11 +457,11 @@ class RunQuota:
             return None
 
     def _finish_files(self) -> None:
-        from vlmprobe.io import write_json
         from vlmprobe.io.fs import remove_file
 
         # Give back what we reserved and did not use: the others may send it.
         final = {k: v for k, v in self._ledger.items() if k != "reserved"}
-        write_json(self._ledger_uri(), {**final, "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+        self._write_json(self._ledger_uri(), {**final, "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
         self._dirty = False
-        remove_file(self._lease_uri())
+        lease = self._lease_uri()
+        self._spaced(lease, lambda: remove_file(lease))

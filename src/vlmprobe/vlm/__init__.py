@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Sized
+
     from PIL import Image
 
 OPENAI_PREFIX = "openai:"
@@ -55,6 +57,15 @@ def build_prompt_text(question: str, choices: list[str] | None) -> str:
     return f"{question}\nAnswer with a single word or number."
 
 
+def check_batch(images: Sized, questions: Sized, choices: Sized) -> None:
+    """Raise ValueError unless a batch has one question and one choices entry per image."""
+    if not len(images) == len(questions) == len(choices):
+        raise ValueError(
+            f"answer() needs one question and one choices entry per image; got {len(images)} "
+            f"images, {len(questions)} questions, {len(choices)} choices"
+        )
+
+
 def load_target(
     spec: str,
     *,
@@ -79,4 +90,4 @@ def load_target(
     return LlavaTarget(spec, device=device, max_new_tokens=max_new_tokens, dtype=dtype, choice_mode=choice_mode)
 
 
-__all__ = ["Target", "TargetLoadError", "build_prompt_text", "load_target"]
+__all__ = ["Target", "TargetLoadError", "build_prompt_text", "check_batch", "load_target"]

@@ -32,7 +32,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import logging as hf_logging
 
-from vlmprobe.vlm import TargetLoadError, build_prompt_text
+from vlmprobe.vlm import TargetLoadError, build_prompt_text, check_batch
 from vlmprobe.vlm import choice as choice_layout
 
 if TYPE_CHECKING:
@@ -254,11 +254,7 @@ class LlavaTarget:
         """
         if score_choices is None:
             score_choices = self.choice_mode == "score"
-        if not len(images) == len(questions) == len(choices):
-            raise ValueError(
-                f"answer() needs one question and one choices entry per image; got {len(images)} "
-                f"images, {len(questions)} questions, {len(choices)} choices"
-            )
+        check_batch(images, questions, choices)
         if image_keys is not None and len(image_keys) != len(images):
             raise ValueError("prepare() needs one image key per image")
         batch = PreparedBatch(size=len(images), pixel_values=None, image_index=[])
@@ -408,17 +404,3 @@ class LlavaTarget:
             for row, lp in zip(batch.choice_rows, logprobs):
                 out[row] = lp
         return out
-
-    # The processor's view of a batch, as ``generate`` would take it (tests check the padding).
-    def encode(self, images: list[Image.Image], questions: list[str], choices: list[list[str] | None]):
-        """Processor inputs for one batch as ``generate`` would take them (a ``BatchFeature`` on the device)."""
-        if not len(images) == len(questions) == len(choices):
-            raise ValueError(
-                f"answer() needs one question and one choices entry per image; got {len(images)} "
-                f"images, {len(questions)} questions, {len(choices)} choices"
-            )
-        prompts = [self.build_prompt(q, c) for q, c in zip(questions, choices)]
-        rgb = [im if im.mode == "RGB" else im.convert("RGB") for im in images]
-        with self._tokenizer_lock:
-            inputs = self.processor(images=rgb, text=prompts, return_tensors="pt", padding=True)
-        return inputs.to(self.device, dtype=self.dtype)  # casts pixel_values only

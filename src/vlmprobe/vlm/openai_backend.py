@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from vlmprobe.vlm import OPENAI_PREFIX, build_prompt_text
+from vlmprobe.vlm import OPENAI_PREFIX, build_prompt_text, check_batch
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -87,8 +87,7 @@ class OpenAICompatibleTarget:
         choices: list[list[str] | None],
     ) -> list[str]:
         """One answer per image, in order; the first failed request raises."""
-        if not len(images) == len(questions) == len(choices):
-            raise ValueError("answer() needs one question and one choices entry per image")
+        check_batch(images, questions, choices)
         if not images:
             return []
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(images))) as pool:

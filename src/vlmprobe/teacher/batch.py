@@ -1,0 +1,844 @@
+"""The Batch API for one shard: submit once, find the job again after a crash, collect by key and hash.
+
+Gemini's Batch API answers the same requests as ``generateContent`` at half price, within 24 h
+(usually much less; a job pending or running for 48 h expires without results). What it does not
+give, this module adds:
+
+- **Creation is not idempotent** (a retried task would submit and pay twice): a durable
+  **ledger** per shard (a JSON file at ``ledger_uri``, written through :mod:`vlmprobe.io`, so local
+  paths, ``gs://`` and ``s3://`` work) records each job's *intent* (deterministic display name,
+  request count, keys and request hashes) **before** the job is created, and its name after. A
+  rerun finds its job by the ledger, or, when a kill fell between the creation and the record, by
+  ``batches.list`` and the display name; it creates another only when neither knows it.
+- **Results are matched by our key and the request's hash, never by position.** File mode (the
+  default): each JSONL line is ``{"key": "{key}#{sha256[:16]}", "request": ...}``; the result
+  file's lines (``{"key", "response"|"error"}``, which google-genai downloads but does not parse)
+  are read back by that key and checked against the hash recorded for the job and the hash of
+  the request asked now; a line that matches nothing is dropped (counted as ``unmatched``).
+  Inline mode (``inline_max_bytes`` > 0, off by default: users report Gemini not echoing inline
+  ``metadata`` and returning inline responses out of order, python-genai #2008, #1909) is used
+  for small jobs only, and a job's inline answers are trusted only if every response carries
+  the ``metadata`` (key and hash) of a distinct request of the job; otherwise none of them is,
+  its requests are sent again, and the shard uses file mode from then on.
+- **Only what failed is sent again**: a request that got a retryable error (429, 408, 5xx), no
+  result, an unusable answer (bad JSON, schema mismatch: the same check as online,
+  :func:`~vlmprobe.teacher.answers.parsed_or_reject`), or whose job failed, expired or was
+  cancelled, goes into a new job with the others like it, at most ``max_resubmits`` times and
+  only before the deadline (``deadline_h`` from the first job's intent). Past that it comes back
+  as **go online**, for the caller to send through the online
+  :class:`~vlmprobe.teacher.client.Teacher` at its tier; a cut-off answer (MAX_TOKENS) goes
+  online at once (the online path retries it with a larger max_output_tokens). A content verdict
+  (safety, a blocked prompt) or a 400 about the request is a **failure**: an error row, never
+  resent. Jobs the shard no longer needs (past the deadline, or whose requests were all answered
+  elsewhere) are cancelled.
+- **Cost from what was served**: every billed response (used or not) is summed like online
+  usage and priced at batch prices (:mod:`vlmprobe.teacher.pricing`), next to what the same
+  tokens cost at standard.
+
+A FAILED job's reason is dropped by google-genai's converter (``BatchJob.error`` stays None): it is
+read from the raw Operation (``error``) through the same client, best effort. google-genai maps
+``BATCH_STATE_*`` to ``JOB_STATE_*`` (``_transformers.t_job_state``); the ledger keeps the latter.
+
+Use it as an async context manager (one google-genai client per process: pass ``client=`` to
+share the online Teacher's, :attr:`~vlmprobe.teacher.client.Teacher.genai_client`). From a
+deferrable task: :meth:`BatchClient.submit` in the pod, :meth:`BatchClient.poll_once` in the
+trigger until ``status.ready``, :meth:`BatchClient.collect` in the pod again (``outcome.pending``:
+defer once more). From the CLI: :meth:`BatchClient.run` or :func:`run_batch`. Every method is safe
+to rerun: the ledger makes each one continue where the last stopped. One process writes a
+shard's ledger at a time (the shard's task).
+
+The ledger (``version`` 1)::
+
+    {"version": 1, "model": "gemini-2.5-flash", "display_prefix": "vlmprobe-2026-12-01-qa-shard-00003",
+     "started_at": 1764547200.0, "inline_ok": true,
+     "jobs": [{"display_name": "vlmprobe-2026-12-01-qa-shard-00003-j00-3f2a9c0d1e4b", "mode": "file",
+               "request_count": 2, "requests_sha256": "...", "keys": {"k1": "<sha256>", "k2": "<sha256>"},
+               "intent_at": ..., "input_file": "files/...", "name": "batches/...", "created_at": ...,
+               "state": "JOB_STATE_SUCCEEDED", "error": null, "results_uri": "....results.jsonl",
+               "collected_at": ..., "answered": 2, "failed": 0, "unmatched": 0, "usage": {...},
+               "cost_usd": 0.0001, "cancelled_at": null}]}
+
+A job's results, once read, are kept next to the ledger (``results_uri``, lines ``{"key",
+"sha256", "response"|"error"}``), so a later collect never downloads them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import time
+import warnings
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from google import genai
+from google.genai import errors, types
+from pydantic import BaseModel
+
+from vlmprobe.errors import VlmprobeError
+from vlmprobe.teacher.answers import RejectedOutput, parsed_or_reject, response_from_json
+from vlmprobe.teacher.request import (
+    DEFAULT_MAX_OUTPUT_TOKENS, contents_of, generation_config, http_options, request_body, request_sha256,
+    thinking_budget_for,
+)
+from vlmprobe.teacher.results import Schema, one_line, redact
+from vlmprobe.teacher.retry import RETRYABLE_STATUS, RetryPolicy, classify, unusable_error
+from vlmprobe.teacher.usage import Ledger, Usage, usage_of
+
+try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
+    import aiohttp
+except ImportError:  # pragma: no cover - depends on the image
+    aiohttp = None  # type: ignore[assignment]
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "GEMINI_API_KEY"
+BASE_URL_ENV = "GEMINI_BASE_URL"
+LEDGER_VERSION = 1
+INLINE_LIMIT_BYTES = 20_000_000  # Gemini's limit on an inline batch request
+UNSUBMITTED = "UNSUBMITTED"  # a ledger intent whose job is not (yet) known to exist
+GONE = "GONE"  # a job Gemini no longer knows (404): deleted, or its results with it
+ENDED = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
+                   "JOB_STATE_PARTIALLY_SUCCEEDED", GONE})
+_JOB_REASONS = {"JOB_STATE_FAILED": "job_failed", "JOB_STATE_EXPIRED": "job_expired",
+                "JOB_STATE_CANCELLED": "job_cancelled", GONE: "job_gone"}
+
+T = TypeVar("T")
+
+
+class BatchError(VlmprobeError):
+    """A Batch API call failed after its retries; the ledger keeps every job: a rerun continues."""
+
+    exit_code = 1
+
+
+def display_prefix(run_date: str, step: str, shard: int) -> str:
+    """The deterministic start of a shard's job names: ``vlmprobe-{run_date}-{step}-shard-{NNNNN}``."""
+    return f"vlmprobe-{run_date}-{step}-shard-{shard:05d}"
+
+
+# -- what goes in, what comes out ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One request of a batch: ``key`` is ours (unique within the shard, e.g. a failure key);
+    the rest is what :meth:`~vlmprobe.teacher.client.Teacher.generate` takes."""
+
+    key: str
+    prompt: str
+    schema: type[BaseModel]
+    images: tuple[tuple[bytes, str], ...] = ()
+    kind: str | None = None
+    temperature: float = 0.2
+    max_output_tokens: int | None = None
+
+
+@dataclass
+class _Prepared:
+    request: BatchRequest
+    body: dict[str, Any]
+    sha256: str
+
+    @property
+    def wire_key(self) -> str:
+        return f"{self.request.key}#{self.sha256[:16]}"
+
+
+@dataclass
+class BatchAnswer(Generic[Schema]):
+    """A request answered by a job: the parsed answer, its tokens, the job (display name) and
+    Gemini's ``responseId``."""
+
+    key: str
+    parsed: Schema
+    usage: Usage
+    job: str
+    response_id: str | None = None
+
+
+@dataclass
+class BatchFailure:
+    """A request that failed for good (an error row): a content verdict or a 400 about it."""
+
+    key: str
+    reason: str
+    message: str
+    usage: Usage
+    job: str
+
+
+@dataclass
+class GoOnline:
+    """A request the batch did not answer in time or in its resubmissions: send it online.
+    ``reason`` is the last thing that went wrong (``deadline``, ``job_expired``, ``http_503``,
+    ``schema_mismatch``, ``finish_max_tokens``...); ``jobs`` how many jobs it was in."""
+
+    key: str
+    reason: str
+    jobs: int
+
+
+@dataclass
+class BatchStatus:
+    """Where a shard's jobs stand. ``ready``: :meth:`BatchClient.collect` has work (every job ended,
+    the deadline passed, or an intent has no job yet); ``jobs``: display name → state."""
+
+    jobs: dict[str, str]
+    ready: bool
+    all_ended: bool
+    deadline_at: float | None
+    deadline_passed: bool
+    poll_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able (for a trigger event or XCom)."""
+        return {"jobs": dict(self.jobs), "ready": self.ready, "all_ended": self.all_ended,
+                "deadline_at": self.deadline_at, "deadline_passed": self.deadline_passed, "poll_s": self.poll_s}
+
+
+@dataclass
+class BatchOutcome:
+    """What a collect found, for every key asked: an answer, a failure, go online, or pending.
+
+    ``usage`` sums every billed response of the shard's jobs (used or not); ``cost_usd`` is its
+    batch price (None when the model has no batch price) and ``standard_cost_usd`` the same tokens
+    at standard. ``jobs`` summarises each job; ``collected_now`` names those read by this call
+    (count their cost once, e.g. into the run's budget).
+    """
+
+    answers: dict[str, BatchAnswer[Any]] = field(default_factory=dict)
+    failures: dict[str, BatchFailure] = field(default_factory=dict)
+    go_online: dict[str, GoOnline] = field(default_factory=dict)
+    pending: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    standard_cost_usd: float | None = None
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    collected_now: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every key has an answer, a failure or go-online: nothing waits on a job."""
+        return not self.pending
+
+
+# -- the client ----------------------------------------------------------------------------------
+
+class BatchClient:
+    """The Batch API for one shard's requests, with its ledger at ``ledger_uri``.
+
+    ``display_prefix`` starts every job's display name (:func:`display_prefix`). ``deadline_h``
+    bounds the batch from the first job's intent; ``max_resubmits`` how often a request that failed
+    in a job is sent again in a new one; ``inline_max_bytes`` (0: never) the largest job sent inline.
+    ``poll_s`` is the time between polls in :meth:`run` (and the trigger's hint). ``thinking_budget``,
+    ``max_output_tokens`` per request kind and ``image_max_side`` build the requests as the online
+    Teacher does. ``retry`` bounds the retries of each API call (create, get, upload, download...);
+    ``timeout_s`` one HTTP call. ``client`` shares an open google-genai client (not closed here).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        ledger_uri: str,
+        display_prefix: str,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: genai.Client | None = None,
+        deadline_h: float = 24.0,
+        max_resubmits: int = 2,
+        inline_max_bytes: int = 0,
+        poll_s: float = 30.0,
+        thinking_budget: int | None = 0,
+        max_output_tokens: Mapping[str, int] | None = None,
+        image_max_side: int = 768,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        if client is None and not api_key:
+            raise ValueError(f"No Gemini API key: set the {API_KEY_ENV} environment variable (any value works "
+                             "with the simulator) or pass api_key=.")
+        if deadline_h <= 0 or max_resubmits < 0 or poll_s <= 0 or timeout_s <= 0:
+            raise ValueError("deadline_h, poll_s and timeout_s must be > 0 and max_resubmits >= 0.")
+        if not 0 <= inline_max_bytes <= INLINE_LIMIT_BYTES:
+            raise ValueError(f"inline_max_bytes must be within [0, {INLINE_LIMIT_BYTES}] (Gemini's inline limit).")
+        if not display_prefix or len(display_prefix) > 100:
+            raise ValueError("display_prefix must be 1 to 100 characters.")
+        self.model = model
+        self.ledger_uri = ledger_uri
+        self.display_prefix = display_prefix
+        self.base_url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
+        self.deadline_s = deadline_h * 3600.0
+        self.max_resubmits = max_resubmits
+        self.inline_max_bytes = inline_max_bytes
+        self.poll_s = poll_s
+        self.thinking_budget = thinking_budget_for(model, thinking_budget)
+        self.max_output_tokens = {**DEFAULT_MAX_OUTPUT_TOKENS, **(max_output_tokens or {})}
+        self.image_max_side = image_max_side
+        self.retry = retry or RetryPolicy()
+        self.timeout_s = timeout_s
+        self._api_key = api_key
+        self._shared = client
+        self._client: genai.Client | None = client
+        self._session: Any = None
+        self._rng = random.Random()
+        self._prepared: dict[str, _Prepared] = {}
+
+    def __repr__(self) -> str:
+        return (f"BatchClient(model={self.model!r}, display_prefix={self.display_prefix!r}, "
+                f"ledger_uri={self.ledger_uri!r})")
+
+    async def __aenter__(self) -> BatchClient:
+        if self._shared is None:
+            if self._client is not None:
+                raise RuntimeError("This BatchClient is already open.")
+            if aiohttp is not None:  # our own session, as the Teacher does (see Teacher.__aenter__)
+                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8), trust_env=True)
+            self._client = genai.Client(api_key=self._api_key, vertexai=False,
+                                        http_options=http_options(self.base_url, self.timeout_s, self._session))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._shared is None:
+            client, self._client = self._client, None
+            session, self._session = self._session, None
+            if client is not None:
+                await client.aio.aclose()
+                client.close()
+            if session is not None:
+                await session.close()
+
+    @property
+    def _aio(self) -> Any:
+        if self._client is None:
+            raise RuntimeError("Use the BatchClient as `async with BatchClient(...) as batch:`.")
+        return self._client.aio
+
+    # -- the ledger ----------------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        from vlmprobe.io import exists, read_json
+
+        if not exists(self.ledger_uri):
+            return {"version": LEDGER_VERSION, "model": self.model, "display_prefix": self.display_prefix,
+                    "started_at": None, "inline_ok": True, "jobs": []}
+        ledger = read_json(self.ledger_uri)
+        if ledger.get("version") != LEDGER_VERSION:
+            raise BatchError(f"{self.ledger_uri}: ledger version {ledger.get('version')!r}, expected {LEDGER_VERSION}")
+        if ledger.get("display_prefix") != self.display_prefix or ledger.get("model") != self.model:
+            raise BatchError(f"{self.ledger_uri} belongs to {ledger.get('display_prefix')!r} on "
+                             f"{ledger.get('model')!r}, not {self.display_prefix!r} on {self.model!r}")
+        return ledger
+
+    def _save(self, ledger: dict[str, Any]) -> None:
+        from vlmprobe.io import write_json
+
+        write_json(self.ledger_uri, ledger)
+
+    def _results_uri(self, display_name: str) -> str:
+        base = self.ledger_uri[:-5] if self.ledger_uri.endswith(".json") else self.ledger_uri
+        return f"{base}.{display_name}.results.jsonl"
+
+    def _deadline_at(self, ledger: dict[str, Any]) -> float | None:
+        return None if ledger.get("started_at") is None else ledger["started_at"] + self.deadline_s
+
+    def _past_deadline(self, ledger: dict[str, Any]) -> bool:
+        deadline = self._deadline_at(ledger)
+        return deadline is not None and time.time() >= deadline
+
+    # -- API calls, with the retry policy ----------------------------------------------------------
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]], missing_ok: bool = False) -> T | None:
+        """``call()`` with the retry policy (429/408/5xx, timeouts, transport errors), within its
+        window; raises BatchError (or TeacherUnusable for a key or model Gemini refuses). With
+        ``missing_ok``, a 404 (the job or file is gone) returns None."""
+        attempt, deadline = 0, time.monotonic() + self.retry.window_s
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except Exception as e:
+                if missing_ok and isinstance(e, errors.APIError) and e.code == 404:
+                    return None
+                classified = classify(e)
+                if classified is None:
+                    raise
+                if classified.kind == "fatal":
+                    assert isinstance(e, errors.APIError)
+                    raise unusable_error(e, self.model, self._api_key) from None
+                decision = self.retry.decide(e, attempt, self._rng)
+                retry = decision is not None and decision.retry and time.monotonic() + decision.delay < deadline
+                if not retry:
+                    detail = one_line(redact(str(e), self._api_key))
+                    raise BatchError(f"Gemini Batch API, {what}: {detail} (reason={classified.reason}, "
+                                     f"attempts={attempt}); the ledger {self.ledger_uri} keeps the jobs: "
+                                     "rerun to continue") from e
+                logger.info("Gemini Batch API %s failed (%s); retrying in %.2f s", what, classified.reason,
+                            decision.delay)
+                await asyncio.sleep(decision.delay)
+
+    async def _find_by_display_name(self, display_name: str) -> types.BatchJob | None:
+        """A job of this project whose display name is ``display_name`` (they are unique per shard,
+        job number and request set), via batches.list; None when there is none."""
+        async def scan() -> types.BatchJob | None:
+            pager = await self._aio.batches.list(config={"page_size": 100})
+            async for job in pager:
+                if job.display_name == display_name:
+                    return job
+            return None
+
+        return await self._call(f"list (looking for {display_name})", scan)
+
+    async def _job_error(self, name: str) -> str | None:
+        """A FAILED job's reason from the raw Operation (google-genai drops it), best effort."""
+        try:
+            raw = await self._client._api_client.async_request("get", name, {})  # type: ignore[union-attr]
+            error = json.loads(raw.body or "{}").get("error") or {}
+            return one_line(redact(str(error.get("message") or error), self._api_key)) if error else None
+        except Exception:  # only a nicer message is lost
+            logger.debug("could not read the reason of %s", name, exc_info=True)
+            return None
+
+    # -- requests --------------------------------------------------------------------------------
+    async def _prepare(self, requests: Sequence[BatchRequest]) -> dict[str, _Prepared]:
+        """Each request's body (images downscaled, as online) and hash, by key; the same request
+        object is prepared once per client."""
+        out: dict[str, _Prepared] = {}
+        for request in requests:
+            if request.key in out:
+                raise ValueError(f"two batch requests share the key {request.key!r}: keys must be unique")
+            cached = self._prepared.get(request.key)
+            if cached is None or cached.request is not request:
+                contents = await contents_of(request.prompt, request.images, self.image_max_side)
+                max_output = request.max_output_tokens or (
+                    self.max_output_tokens.get(request.kind) if request.kind else None)
+                config = generation_config(request.schema, request.temperature, max_output, self.thinking_budget)
+                body = request_body(contents.parts, config)
+                cached = self._prepared[request.key] = _Prepared(request, body, request_sha256(body))
+            out[request.key] = cached
+        return out
+
+    # -- creating a job --------------------------------------------------------------------------
+    def _plan_job(self, ledger: dict[str, Any], items: list[_Prepared]) -> dict[str, Any]:
+        keys = {p.request.key: p.sha256 for p in sorted(items, key=lambda p: p.request.key)}
+        digest = hashlib.sha256("\n".join(f"{k}\t{v}" for k, v in keys.items()).encode()).hexdigest()
+        size = sum(len(json.dumps(p.body)) for p in items)
+        inline = bool(ledger.get("inline_ok", True)) and 0 < size <= self.inline_max_bytes
+        display_name = f"{self.display_prefix}-j{len(ledger['jobs']):02d}-{digest[:12]}"
+        return {"display_name": display_name, "mode": "inline" if inline else "file", "request_count": len(keys),
+                "requests_sha256": digest, "keys": keys, "intent_at": time.time(), "input_file": None,
+                "name": None, "created_at": None, "state": UNSUBMITTED, "error": None, "results_uri": None,
+                "collected_at": None, "answered": 0, "failed": 0, "unmatched": 0, "usage": None,
+                "cost_usd": None, "cancelled_at": None}
+
+    async def _submit_job(self, ledger: dict[str, Any], items: list[_Prepared]) -> None:
+        """Record the intent of a job for ``items``, then find it by its display name (a cleared
+        task whose ledger was deleted made it already) or create it, and record its name."""
+        entry = self._plan_job(ledger, items)
+        if ledger.get("started_at") is None:
+            ledger["started_at"] = entry["intent_at"]
+        ledger["jobs"].append(entry)
+        self._save(ledger)  # the intent, before anything is created
+        await self._resolve_intents(ledger, {p.request.key: p for p in items})
+
+    async def _create(self, ledger: dict[str, Any], entry: dict[str, Any], items: dict[str, _Prepared]) -> None:
+        """Create the job of a recorded intent (its input uploaded first in file mode); a retried
+        create looks for the job by its display name before sending again."""
+        display_name = entry["display_name"]
+        ordered = [items[key] for key in entry["keys"]]
+        if entry["mode"] == "inline":
+            src: Any = [{"contents": p.body["contents"], "config": _config_of(p.body),
+                         "metadata": {"key": p.request.key, "sha256": p.sha256}} for p in ordered]
+        else:
+            lines = "".join(json.dumps({"key": p.wire_key, "request": p.body}, separators=(",", ":")) + "\n"
+                            for p in ordered)
+            uploaded = await self._call(f"upload of {display_name}", lambda: self._upload(lines.encode(), display_name))
+            entry["input_file"] = src = uploaded.name
+            self._save(ledger)
+
+        async def create() -> types.BatchJob:
+            try:
+                return await self._aio.batches.create(model=self.model, src=src,
+                                                      config={"display_name": display_name})
+            except Exception as e:
+                if classify(e) is not None and classify(e).kind in ("transient", "rate_limited"):
+                    found = await self._find_by_display_name(display_name)  # it may exist all the same
+                    if found is not None:
+                        return found
+                raise
+
+        job = await self._call(f"create of {display_name}", create)
+        self._record_job(ledger, entry, job)
+
+    async def _upload(self, data: bytes, display_name: str) -> types.File:
+        """Upload a job's JSONL input (google-genai's resumable upload, 8 MB chunks)."""
+        with warnings.catch_warnings():
+            # google-genai hands aiohttp each chunk as bytes, which aiohttp warns about above 1 MiB.
+            warnings.filterwarnings("ignore", "Sending a large body directly", ResourceWarning)
+            return await self._aio.files.upload(file=io.BytesIO(data),
+                                                config={"mime_type": "jsonl", "display_name": display_name})
+
+    def _record_job(self, ledger: dict[str, Any], entry: dict[str, Any], job: types.BatchJob) -> None:
+        """Write the created job's name into the ledger (a kill before this line leaves an intent
+        that the next call resolves by display name)."""
+        entry.update(name=job.name, created_at=time.time(), state=_state(job))
+        self._save(ledger)
+        logger.info("Gemini Batch API: created %s (%s, %d requests, %s mode)", job.name, entry["display_name"],
+                    entry["request_count"], entry["mode"])
+
+    async def _resolve_intents(self, ledger: dict[str, Any], items: dict[str, _Prepared] | None) -> None:
+        """Give every intent without a name its job: found by display name, else created (when the
+        requests are at hand and still the same; otherwise the intent is dropped)."""
+        for entry in ledger["jobs"]:
+            if entry["name"] is not None or entry["state"] != UNSUBMITTED:
+                continue
+            found = await self._find_by_display_name(entry["display_name"])
+            if found is not None:
+                logger.info("Gemini Batch API: %s was created by an earlier attempt; continuing with %s",
+                            entry["display_name"], found.name)
+                self._record_job(ledger, entry, found)
+            elif items is not None:
+                if all(key in items and items[key].sha256 == sha for key, sha in entry["keys"].items()):
+                    await self._create(ledger, entry, items)
+                else:  # the requests changed since: plan them afresh
+                    entry["state"] = "NOT_CREATED"
+                    self._save(ledger)
+
+    # -- states ----------------------------------------------------------------------------------
+    async def _refresh(self, ledger: dict[str, Any]) -> None:
+        """Ask Gemini for the state of every job not yet ended."""
+        changed = False
+        for entry in ledger["jobs"]:
+            if entry["name"] is None or entry["state"] in ENDED:
+                continue
+            job = await self._call(f"get of {entry['name']}",
+                                   lambda name=entry["name"]: self._aio.batches.get(name=name), missing_ok=True)
+            state = _state(job)
+            if state != entry["state"]:
+                entry["state"], changed = state, True
+                if state == "JOB_STATE_FAILED":
+                    entry["error"] = (job.error.message if job is not None and job.error and job.error.message
+                                      else await self._job_error(entry["name"]))
+        if changed:
+            self._save(ledger)
+
+    def _status(self, ledger: dict[str, Any]) -> BatchStatus:
+        live = [e for e in ledger["jobs"] if e["state"] != "NOT_CREATED"]
+        jobs = {e["display_name"]: e["state"] for e in live}
+        all_ended = all(e["state"] in ENDED or e["cancelled_at"] is not None for e in live)
+        unresolved = any(e["name"] is None for e in live)
+        past = self._past_deadline(ledger)
+        return BatchStatus(jobs, all_ended or past or unresolved, all_ended, self._deadline_at(ledger), past,
+                           self.poll_s)
+
+    # -- the public steps ------------------------------------------------------------------------
+    async def submit(self, requests: Sequence[BatchRequest]) -> BatchStatus:
+        """Make sure every request is in a job: resolve any intent left by a stopped run, then create
+        one job for the requests no job holds yet (none when all are held). Safe to rerun."""
+        items = await self._prepare(requests)
+        ledger = self._load()
+        await self._resolve_intents(ledger, items)
+        held = {key for e in ledger["jobs"] if e["state"] != "NOT_CREATED"
+                for key, sha in e["keys"].items() if key in items and items[key].sha256 == sha}
+        missing = [items[key] for key in items if key not in held]
+        if missing and not self._past_deadline(ledger):
+            await self._submit_job(ledger, missing)
+        return self._status(ledger)
+
+    async def poll_once(self) -> BatchStatus:
+        """One look at the shard's jobs (no requests needed: the trigger's call). Safe to call often."""
+        ledger = self._load()
+        await self._resolve_intents(ledger, None)
+        await self._refresh(ledger)
+        return self._status(ledger)
+
+    async def collect(self, requests: Sequence[BatchRequest]) -> BatchOutcome:
+        """Read every ended job's results, send again in one new job what failed and may be resent,
+        cancel what is no longer needed, and say for every request where it stands. ``pending``
+        keys wait on a job: poll, then collect again. Safe to rerun: read results are kept."""
+        items = await self._prepare(requests)
+        ledger = self._load()
+        await self._resolve_intents(ledger, items)
+        await self._refresh(ledger)
+        collected_now = []
+        for entry in ledger["jobs"]:
+            if entry["name"] is not None and entry["state"] in ENDED and entry["collected_at"] is None:
+                await self._collect_job(ledger, entry)
+                collected_now.append(entry["display_name"])
+        if self._past_deadline(ledger):
+            await self._cancel(ledger, [e for e in ledger["jobs"] if e["name"] and e["state"] not in ENDED],
+                               "the deadline passed")
+        outcome, resend = self._outcome(ledger, items)
+        if resend:
+            await self._submit_job(ledger, resend)
+            outcome.pending.extend(p.request.key for p in resend)
+        waiting = set(outcome.pending)
+        unneeded = [e for e in ledger["jobs"] if e["name"] and e["state"] not in ENDED and e["cancelled_at"] is None
+                    and not any(key in waiting and items[key].sha256 == sha for key, sha in e["keys"].items())]
+        await self._cancel(ledger, unneeded, "no request asked now waits on it")
+        outcome.jobs = [_job_summary(e) for e in ledger["jobs"] if e["state"] != "NOT_CREATED"]
+        outcome.collected_now = collected_now
+        outcome.pending.sort()
+        return outcome
+
+    async def run(self, requests: Sequence[BatchRequest]) -> BatchOutcome:
+        """Submit, poll every ``poll_s`` and collect until every request is answered, failed or
+        handed to online (the CLI's one call). Safe to rerun."""
+        await self.submit(requests)
+        while True:
+            status = await self.poll_once()
+            if status.ready:
+                outcome = await self.collect(requests)
+                if outcome.complete:
+                    return outcome
+                continue
+            wait = self.poll_s
+            if status.deadline_at is not None:
+                wait = max(0.0, min(wait, status.deadline_at - time.time()))
+            await asyncio.sleep(wait)
+
+    async def cancel_unfinished(self, why: str = "the caller asked") -> list[str]:
+        """Cancel every job of the shard not yet ended; returns their names."""
+        ledger = self._load()
+        entries = [e for e in ledger["jobs"] if e["name"] and e["state"] not in ENDED]
+        await self._cancel(ledger, entries, why)
+        return [e["name"] for e in entries]
+
+    # -- collecting ------------------------------------------------------------------------------
+    async def _cancel(self, ledger: dict[str, Any], entries: list[dict[str, Any]], why: str) -> None:
+        """Cancel these jobs; one that ended meanwhile with results is collected all the same."""
+        for entry in entries:
+            name = entry["name"]
+            await self._call(f"cancel of {name}", lambda name=name: self._aio.batches.cancel(name=name),
+                             missing_ok=True)
+            entry["cancelled_at"] = time.time()
+            logger.info("Gemini Batch API: cancelled %s (%s): %s", name, entry["display_name"], why)
+            job = await self._call(f"get of {name}", lambda name=name: self._aio.batches.get(name=name),
+                                   missing_ok=True)
+            entry["state"] = _state(job)  # a cancel may take a while to show: the job counts as done for us
+            self._save(ledger)
+            if entry["state"] in ENDED and entry["collected_at"] is None:
+                await self._collect_job(ledger, entry)
+
+    async def _collect_job(self, ledger: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Read an ended job's results into its results file next to the ledger, matched by key and hash."""
+        from vlmprobe.io.fs import write_bytes
+
+        job = await self._call(f"get of {entry['name']}", lambda: self._aio.batches.get(name=entry["name"]),
+                               missing_ok=True)
+        dest = job.dest if job is not None else None
+        lines: list[dict[str, Any]] = []
+        unmatched = 0
+        if dest is not None and dest.file_name:
+            data = await self._call(f"download of {dest.file_name}",
+                                    lambda: self._aio.files.download(file=dest.file_name), missing_ok=True)
+            if data is None:
+                logger.error("Gemini Batch API: the results of %s (%s) are gone: its requests are sent again",
+                             entry["name"], dest.file_name)
+                data = b""
+            for raw in data.splitlines():
+                line = _matched_line(raw, entry)
+                if line is None:
+                    unmatched += bool(raw.strip())
+                else:
+                    lines.append(line)
+        elif dest is not None and dest.inlined_responses:
+            lines, unmatched = _inline_lines(dest.inlined_responses, entry)
+            if unmatched:
+                ledger["inline_ok"] = False
+                logger.warning("Gemini Batch API: %d inline answers of %s carry no usable metadata: the job's "
+                               "requests are sent again, in file mode", unmatched, entry["name"])
+        if unmatched:
+            logger.warning("Gemini Batch API: %d result lines of %s match no request of it (dropped)",
+                           unmatched, entry["name"])
+        usage = Ledger(self.model)
+        for line in lines:
+            response = _response_of(line)
+            if response is not None:
+                usage.add(usage_of(response), "batch")
+        tally = usage.by_tier.get("batch")
+        if lines:
+            uri = self._results_uri(entry["display_name"])
+            write_bytes(uri, "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode())
+            entry["results_uri"] = uri
+        entry.update(collected_at=time.time(), unmatched=unmatched, usage=usage.usage.as_dict(),
+                     cost_usd=None if tally is not None and tally.unpriced else round(usage.cost_usd, 6),
+                     answered=sum("response" in line or "sdk_response" in line for line in lines),
+                     failed=sum("error" in line for line in lines))
+        self._save(ledger)
+        logger.info("Gemini Batch API: collected %s (%s): %d responses, %d errors", entry["name"], entry["state"],
+                    entry["answered"], entry["failed"])
+
+    def _results(self, entry: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """A collected job's result lines, by key."""
+        from vlmprobe.io import iter_jsonl
+
+        if not entry.get("results_uri"):
+            return {}
+        return {line["key"]: line for line in iter_jsonl(entry["results_uri"])}
+
+    def _outcome(self, ledger: dict[str, Any], items: dict[str, _Prepared]) -> tuple[BatchOutcome, list[_Prepared]]:
+        """Every key's standing from the ledger and the kept results, and the requests to send again."""
+        outcome = BatchOutcome()
+        billed = Ledger(self.model)
+        results = {}
+        for entry in ledger["jobs"]:
+            if entry.get("collected_at") is not None:
+                results[entry["display_name"]] = self._results(entry)
+                for line in results[entry["display_name"]].values():
+                    response = _response_of(line)
+                    if response is not None:
+                        billed.add(usage_of(response), "batch")
+        past = self._past_deadline(ledger)
+        resend: list[_Prepared] = []
+        for key, item in items.items():
+            jobs = [e for e in ledger["jobs"] if e["state"] != "NOT_CREATED" and e["keys"].get(key) == item.sha256]
+            verdict = self._verdict(key, item, jobs, results)
+            if isinstance(verdict, BatchAnswer):
+                outcome.answers[key] = verdict
+            elif isinstance(verdict, BatchFailure):
+                outcome.failures[key] = verdict
+            elif verdict == "pending":
+                outcome.pending.append(key)
+            else:
+                reason, retryable = verdict
+                if retryable and not past and len(jobs) <= self.max_resubmits:
+                    resend.append(item)
+                else:
+                    reason = "deadline" if reason == "unsubmitted" else reason
+                    outcome.go_online[key] = GoOnline(key, reason, len(jobs))
+        outcome.usage = billed.usage
+        tally = billed.by_tier.get("batch")
+        if tally is not None:
+            outcome.cost_usd = None if tally.unpriced else round(tally.cost_usd, 6)
+            outcome.standard_cost_usd = round(tally.standard_cost_usd, 6)
+        else:
+            outcome.cost_usd = outcome.standard_cost_usd = 0.0
+        return outcome, resend
+
+    def _verdict(self, key: str, item: _Prepared, jobs: list[dict[str, Any]],
+                 results: dict[str, dict[str, dict[str, Any]]]) -> Any:
+        """A key's standing: a BatchAnswer or BatchFailure, "pending", or (reason, retryable)."""
+        last: tuple[str, bool] = ("unsubmitted", True)
+        for entry in jobs:
+            if entry["name"] is None or entry["state"] not in ENDED or entry["collected_at"] is None:
+                if entry["cancelled_at"] is None:
+                    return "pending"
+                last = ("deadline", True)
+                continue
+            line = results.get(entry["display_name"], {}).get(key)
+            if line is None:
+                reason = ("deadline" if entry["cancelled_at"] is not None
+                          else _JOB_REASONS.get(entry["state"], "no_result"))
+                last = (reason, True)
+                continue
+            response = _response_of(line)
+            if response is None:
+                error = line.get("error") or {}
+                code = int(error.get("code") or 0)
+                retryable = code in RETRYABLE_STATUS or code >= 500 or code == 0
+                if not retryable:
+                    return BatchFailure(key, f"http_{code}", one_line(str(error.get("message") or error)), Usage(),
+                                        entry["display_name"])
+                last = (f"http_{code}", True)
+                continue
+            usage = usage_of(response)
+            try:
+                parsed = parsed_or_reject(response, item.request.schema)
+            except RejectedOutput as e:
+                if e.kind == "final":
+                    return BatchFailure(key, e.reason, str(e), usage, entry["display_name"])
+                last = (e.reason, e.kind != "max_tokens")  # a cut-off answer goes online (it grows there)
+                if e.kind == "max_tokens":
+                    return last
+                continue
+            return BatchAnswer(key, parsed, usage, entry["display_name"], response.response_id)
+        return last
+
+
+# -- reading results -----------------------------------------------------------------------------
+
+def _state(job: types.BatchJob | None) -> str:
+    if job is None:
+        return GONE
+    state = job.state
+    return str(getattr(state, "name", None) or state or "JOB_STATE_UNSPECIFIED")
+
+
+def _config_of(body: dict[str, Any]) -> dict[str, Any]:
+    """The GenerateContentConfig (as a dict google-genai accepts) of a request body we wrote."""
+    generation = body.get("generationConfig") or {}
+    config: dict[str, Any] = {}
+    names = {"responseMimeType": "response_mime_type", "responseJsonSchema": "response_json_schema",
+             "temperature": "temperature", "maxOutputTokens": "max_output_tokens"}
+    for wire, name in names.items():
+        if wire in generation:
+            config[name] = generation[wire]
+    if "thinkingConfig" in generation:
+        config["thinking_config"] = generation["thinkingConfig"]  # snake_case, as request_body wrote it
+    return config
+
+
+def _matched_line(raw: bytes, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """A result-file line as ``{"key", "sha256", "response"|"error"}`` when its key names a
+    request of the job with that hash; None otherwise (or when it is not a result line)."""
+    try:
+        line = json.loads(raw)
+        key, prefix = str(line["key"]).rsplit("#", 1)
+    except (ValueError, KeyError, TypeError):
+        return None
+    sha = entry["keys"].get(key)
+    if sha is None or not prefix or not sha.startswith(prefix):
+        return None
+    if isinstance(line.get("response"), dict):
+        return {"key": key, "sha256": sha, "response": line["response"]}
+    if isinstance(line.get("error"), dict):
+        return {"key": key, "sha256": sha, "error": line["error"]}
+    return None
+
+
+def _inline_lines(responses: list[types.InlinedResponse], entry: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """An inline job's responses as result lines, trusted only if each carries the metadata (key and
+    hash) of a distinct request of the job: else none is kept and all count as unmatched."""
+    lines, seen = [], set()
+    for item in responses:
+        meta = item.metadata or {}
+        key, sha = meta.get("key"), meta.get("sha256")
+        if key is None or key in seen or entry["keys"].get(key) != sha:
+            return [], len(responses)
+        seen.add(key)
+        if item.response is not None:
+            lines.append({"key": key, "sha256": sha,
+                          "sdk_response": item.response.model_dump(mode="json", exclude_none=True)})
+        else:
+            error = item.error
+            lines.append({"key": key, "sha256": sha, "error": {"code": error.code if error else 0,
+                                                                 "message": error.message if error else ""}})
+    return lines, 0
+
+
+def _response_of(line: dict[str, Any]) -> types.GenerateContentResponse | None:
+    """The response of a result line (None for an error line)."""
+    if "response" in line:
+        return response_from_json(line["response"])
+    if "sdk_response" in line:
+        return types.GenerateContentResponse.model_validate(line["sdk_response"])
+    return None
+
+
+def _job_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: entry.get(k) for k in ("display_name", "name", "mode", "state", "request_count", "answered",
+                                      "failed", "unmatched", "usage", "cost_usd", "error", "cancelled_at")}
+
+
+async def run_batch(model: str, requests: Sequence[BatchRequest], *, ledger_uri: str, display_prefix: str,
+                    **options: Any) -> BatchOutcome:
+    """Submit, poll and collect ``requests`` in one call (:meth:`BatchClient.run`); ``options`` are
+    :class:`BatchClient`'s. Safe to rerun with the same ledger."""
+    async with BatchClient(model, ledger_uri=ledger_uri, display_prefix=display_prefix, **options) as batch:
+        return await batch.run(requests)
