@@ -110,6 +110,14 @@ class NightPlan(BaseModel):
     probe_requests: int | None = Field(description="Requests the probe may send (its reservation); None: no cap.")
     qa_requests: int | None = Field(description="Requests reserved for QA; None: no cap.")
     limited_by: Limit
+    day: str | None = Field(None, description="The Pacific day whose quota the reservations hold.")
+
+    @property
+    def qa_cost_reserved_usd(self) -> float:
+        """The spend the plan keeps for QA (0 without a budget or a price)."""
+        if self.explain_budget is None or self.qa_cost_per_explained_usd is None:
+            return 0.0
+        return self.explain_budget * self.qa_cost_per_explained_usd
 
     def threshold(self, stratum: str) -> float:
         return self.thresholds.get(stratum, self.explain_fraction)

@@ -131,3 +131,51 @@ def pool_allowance(day: DayLedger, rpd: int, run_date: str, process: str, live: 
 def requests_left(day: DayLedger, rpd: int, run_date: str) -> int:
     """What a new plan of ``run_date`` may count on today (see :meth:`DayLedger.left`)."""
     return day.left(rpd, run_date=run_date) if rpd else math.inf  # type: ignore[return-value]
+
+
+# -- files (rank 0 of the probe at plan time, publish at the end) ------------------------------
+
+def day_folder(folder: str, day: str) -> str:
+    return f"{folder.rstrip('/')}/{day}"
+
+
+def load_day(folder: str, day: str) -> DayLedger:
+    """The project's ledger for Pacific ``day`` as the store has it now."""
+    from vlmprobe.io import read_json
+    from vlmprobe.io.fs import basename, list_dir
+
+    try:
+        names = list_dir(day_folder(folder, day))
+    except FileNotFoundError:
+        return DayLedger()
+    entries = []
+    for uri in names:
+        name = basename(uri)
+        if not name.endswith(".json") or name.startswith((".", "_")):
+            continue
+        try:
+            entries.append((name, read_json(uri)))
+        except (FileNotFoundError, ValueError):  # being replaced: the next reader sees it
+            continue
+    return read_day(entries)
+
+
+def write_hold(folder: str, day: str, run_date: str, probe: int | None, qa: int | None) -> None:
+    """Reserve the night's requests for ``run_date`` on ``day`` (a rerun replaces its own hold)."""
+    from vlmprobe.io import write_json
+
+    write_json(f"{day_folder(folder, day)}/{run_date}{HOLD_SUFFIX}",
+               {"run_date": run_date, "probe": probe, "qa": qa, "released": []})
+
+
+def release_hold(folder: str, day: str, run_date: str, step: str) -> None:
+    """A step of ``run_date`` has ended: its unused reservation of ``day`` goes back to the project."""
+    from vlmprobe.io import exists, read_json, write_json
+
+    uri = f"{day_folder(folder, day)}/{run_date}{HOLD_SUFFIX}"
+    if not exists(uri):
+        return
+    hold = read_json(uri)
+    released = sorted({*hold.get("released", []), step})
+    if released != hold.get("released"):
+        write_json(uri, {**hold, "released": released})
