@@ -122,5 +122,8 @@ class QAConfig(StepConfig, TeacherSettings):
 
 class PublishConfig(StepConfig):
     gemini_model: str = param("gemini_model")
+    # publish gives back what QA did not use of its reservation in the project's daily ledger
+    teacher_project: str = param("teacher_project")
+    teacher_rpd: int = param("teacher_rpd")
     # publish fails the run when a step's teacher error rows exceed this fraction
     max_error_rate: float = param("max_error_rate")

@@ -377,6 +377,7 @@ class KeyCounts(_Part):
     over_cap: int
     over_category_cap: int
     below_min_per_key: int
+    over_qa_reservation: int = 0
 
 
 class ShardPlan(Contract):

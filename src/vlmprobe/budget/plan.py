@@ -100,6 +100,7 @@ class NightPlan(BaseModel):
     teacher_window_s: float = Field(description="How long the probe's teacher may work, from the pass's start.")
     requests_per_explained: float
     qa_requests_per_explained: float
+    requests_per_qa_failure: float = Field(1.0, description="QA requests per sampled failure, retries included.")
     cost_per_explained_usd: float | None
     qa_cost_per_explained_usd: float | None
     caps: dict[str, int | None] = Field(description="Explained failures each limit allows (None: no such limit).")
@@ -118,6 +119,13 @@ class NightPlan(BaseModel):
         if self.explain_budget is None or self.qa_cost_per_explained_usd is None:
             return 0.0
         return self.explain_budget * self.qa_cost_per_explained_usd
+
+    @property
+    def qa_failures(self) -> int | None:
+        """Sampled failures QA's reservation pays for (None: no cap)."""
+        if self.qa_requests is None:
+            return None
+        return math.floor(self.qa_requests / self.requests_per_qa_failure)
 
     def threshold(self, stratum: str) -> float:
         return self.thresholds.get(stratum, self.explain_fraction)
@@ -200,7 +208,7 @@ def plan_night(inputs: PlanInputs, priors: Priors) -> NightPlan:
     return NightPlan(
         inputs=inputs, priors=priors, expected_wrong=expected_wrong, target_pass_s=round(target_pass_s, 3),
         teacher_window_s=round(window_s, 3), requests_per_explained=round(probe_per, 4),
-        qa_requests_per_explained=round(qa_per, 4),
+        qa_requests_per_explained=round(qa_per, 4), requests_per_qa_failure=round(overhead, 4),
         cost_per_explained_usd=None if probe_cost is None else round(probe_cost, 8),
         qa_cost_per_explained_usd=None if qa_cost is None else round(qa_cost, 8),
         caps=caps, explain_budget=budget, explain_fraction=round(fraction, 6), thresholds=thresholds,
