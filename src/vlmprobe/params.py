@@ -250,6 +250,7 @@ PARAM_SPECS.update({
     "teacher_project": dict(
         default="default",
         type="string",
+        minLength=1,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
         section=TEACHER,
         description="Name of the Google Cloud project whose Gemini quota the key draws on. Runs with the same "
