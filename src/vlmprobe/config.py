@@ -49,6 +49,7 @@ class TeacherSettings(BaseModel):
     teacher_rpm: int = param("teacher_rpm")
     teacher_tpm: int = param("teacher_tpm")
     teacher_rpd: int = param("teacher_rpd")
+    teacher_project: str = param("teacher_project")
     teacher_retry_window_s: float = param("teacher_retry_window_s")
     max_attempts: int = Field(0, ge=0, le=100, description="Attempts per Gemini request at most, first one "
                               "included; 0 = bounded only by teacher_retry_window_s (for debugging).")
@@ -69,6 +70,11 @@ class ProbeConfig(StepConfig, TeacherSettings):
     max_new_tokens: int = param("max_new_tokens")
     template_version: str = Field("v1", description="Probing-factor template set.")
     max_error_rate: float = param("max_error_rate")
+    # the night's plan (vlmprobe.budget): priors until a night has measured them, the GPU time allowed
+    expected_error_rate: float = param("expected_error_rate")
+    target_images_per_s: float = param("target_images_per_s")
+    probe_wall_factor: float = param("probe_wall_factor")
+    probe_min_tail_s: float = param("probe_min_tail_s")
     # Two timeouts: start-up collectives (the plan broadcast) fail fast; a rank that
     # finished its rows waits for the slowest on a gloo group of its own, as long as the task may run.
     pg_timeout_s: int = Field(1800, ge=1, le=86400, description="Timeout of the ranks' start-up collectives "
@@ -116,6 +122,9 @@ class QAConfig(StepConfig, TeacherSettings):
 
 class PublishConfig(StepConfig):
     gemini_model: str = param("gemini_model")
+    # publish gives back what QA did not use of its reservation in the project's daily ledger
+    teacher_project: str = param("teacher_project")
+    teacher_rpd: int = param("teacher_rpd")
     # publish fails the run when a step's teacher error rows exceed this fraction
     max_error_rate: float = param("max_error_rate")
     conf_json: str | None = Field(None, description="The conf the run was triggered with, a JSON object, for "

@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
 
+from vlmprobe.budget.plan import Limit, NightPlan
 from vlmprobe.errors import InputError
 
 SCHEMA_VERSION = 1
@@ -124,11 +125,14 @@ def _first_problem(e: ValidationError) -> str:
 # -- probe/_SUCCESS.json ---------------------------------------------------------------------------
 
 class ProbeCounts(_Part):
-    """What the probe's rows became; ``rows == passed + verified + rejected + errors`` (rows read).
+    """What the probe's rows became; ``rows == passed + verified + rejected + unexplained + errors``
+    (rows read), i.e. ``rows == passed + wrong + (errors - teacher_errors)``.
 
     The error files hold ``errors + rejected + read_errors`` lines. ``wrong``: rows the target got
-    wrong (verified, rejected, or a teacher error); ``resumed``: rows an earlier attempt finished;
-    ``probed``: rows this attempt sent to the target.
+    wrong: ``verified + rejected`` (explained) ``+ unexplained + teacher_errors``; ``unexplained``:
+    wrong answers the night's plan left unexplained (``probe/wrong-rank-*.jsonl`` holds every wrong
+    answer); ``resumed``: rows an earlier attempt finished; ``probed``: rows this attempt sent to
+    the target.
     """
 
     rows: int
@@ -140,6 +144,12 @@ class ProbeCounts(_Part):
     read_errors: int
     resumed: int
     probed: int
+    unexplained: int = 0
+    teacher_errors: int = 0
+
+    @property
+    def explained(self) -> int:
+        return self.verified + self.rejected
 
 
 class InputAccounting(_Part):
@@ -183,6 +193,37 @@ class PipelineSummary(_Part):
     devices_for_same_time: int
 
 
+class ExplainStats(_Part):
+    """One rank's explanation sample (:class:`vlmprobe.budget.select.ExplainSelector`) and its limits."""
+
+    scale: float  # the plan's fractions times this (1: the plan held; lower: the night was wronger)
+    lowered: int
+    chosen: int
+    wrong: int
+    budget: float | None
+    wrong_by_stratum: dict[str, int]
+    limited: Limit = "none"  # a limit the rank met: daily_quota, budget or time
+    pass_s: float = 0.0  # the GPU pass: the loop's start to the device's last batch
+    tail_limit_s: float | None = None  # how long the teacher could go on after the pass
+
+
+class NightOutcome(_Part):
+    """What the probe's night did against its plan (``_SUCCESS.json``'s and the manifest's ``night``)."""
+
+    explained: int
+    unexplained: int
+    unexplained_reasons: dict[str, int]
+    teacher_errors: int
+    limited_by: Limit
+    gpu_hours_held: float  # each rank's whole time on its GPU (loading the target included)
+    gpu_hours_busy: float  # inside the target's model calls
+    pass_s: float  # the slowest rank's GPU pass
+    wall_s: float  # the slowest rank's loop: the pass and the teacher's tail
+    scale: float  # the lowest of the ranks' explain scales
+    lowered: int
+    wrong_by_stratum: dict[str, int]
+
+
 class ProbeRankStats(_Part):
     """One rank's share of the probe, as it sent it to rank 0."""
 
@@ -199,6 +240,9 @@ class ProbeRankStats(_Part):
     pipeline: RankPipeline
     finished_at: float
     elapsed_s: float
+    wrong_uri: str | None = None
+    explain: ExplainStats | None = None
+    unexplained_reasons: dict[str, int] = Field(default_factory=dict)
 
 
 class CodeVersion(_Part):
@@ -249,6 +293,9 @@ class ProbeSuccess(Contract):
     started_at: str
     elapsed_s: float
     provenance: ProbeProvenance | None = None  # None: written before issue 17
+    wrong_files: list[str] = Field(default_factory=list)  # every wrong answer, explained or not
+    night_plan: NightPlan | None = None
+    night: NightOutcome | None = None
 
 
 # -- the resume journals' headers -----------------------------------------------------------------
@@ -324,6 +371,7 @@ class SampleCounts(_Part):
     over_category_cap: int
     keys: int
     keys_sampled: int
+    over_qa_reservation: int = 0  # left out: more verified failures than QA's reservation pays for
 
 
 class QAShardSpan(_Part):
@@ -354,6 +402,7 @@ class KeyCounts(_Part):
     over_cap: int
     over_category_cap: int
     below_min_per_key: int
+    over_qa_reservation: int = 0
 
 
 class ShardPlan(Contract):
@@ -377,6 +426,7 @@ class ShardPlan(Contract):
     min_per_key: int
     max_per_category: int
     seed: int
+    qa_reserved_requests: int | None = None  # the night's reservation for QA (None: no cap)
 
 
 # -- qa/_shard-NNNNN.stats.json --------------------------------------------------------------------
@@ -395,6 +445,7 @@ class QACounts(_Part):
     items_dropped_target_passed: int
     items_check_errors: int
     resumed: int
+    limited: int = 0  # of errors: failures left without a request because a limit was reached
 
 
 class TokenCounts(_Part):
@@ -632,6 +683,22 @@ class Provenance(_Part):
     input_uri: str
     input_files: list[InputFile]  # every file the probe read, with its fingerprint
     conf: dict[str, Any] | None  # the conf the run was triggered with; None: not known (the CLI without --conf-json)
+class QANight(_Part):
+    """QA against its reservation in the night's plan."""
+
+    reserved_requests: int | None  # None: no reservation (no daily limit)
+    requests: int  # sent by the shards (every attempt, from the run's ledgers)
+    limited: int  # failures left without a request because a limit was reached
+    limited_by: Limit
+
+
+class ManifestNight(_Part):
+    """The night's plan (:class:`vlmprobe.budget.plan.NightPlan`) next to what the probe and QA did."""
+
+    plan: NightPlan
+    probe: NightOutcome
+    qa: QANight
+    limited_by: Limit  # what limited the night: the probe's limit, else QA's, else none
 
 
 class Manifest(Contract):
@@ -655,7 +722,29 @@ class Manifest(Contract):
     failed: list[str] | None = Field(None, description="Why the run failed (manifest.failed.json only).")
     dataset: ManifestDataset | None = None  # None: published before issue 17
     provenance: Provenance | None = None  # None: published before issue 17
+    night: ManifestNight | None = None  # the night's plan against what happened (absent before plans)
 
 
 CONTRACTS: tuple[type[Contract], ...] = (ProbeSuccess, ProbeJournalHeader, ShardPlan, QAJournalHeader, QAShardStats,
                                          Manifest)
+
+
+def night_figures(manifest: Manifest) -> dict[str, Any]:
+    """What a published night measured, for the next night's plan (:mod:`vlmprobe.budget.history`)."""
+    probe, counts = manifest.probe, manifest.probe.counts
+    figures: dict[str, Any] = {
+        "rows": counts.rows, "wrong": counts.wrong, "explained": counts.explained, "verified": counts.verified,
+        "probe_requests": probe.teacher.requests, "ranks": probe.world_size,
+        "busy_s": probe.bound_by.device_busy_s,
+        "tokens": {},
+    }
+    per_request = {"probe": probe.teacher, "qa": manifest.qa.teacher}
+    for step, t in per_request.items():
+        if t.requests:
+            measured = {"requests": t.requests, "prompt_tokens": t.prompt_tokens, "output_tokens": t.output_tokens}
+            for kind in (("factor", "verify") if step == "probe" else ("qa",)):
+                figures["tokens"][kind] = measured
+    if manifest.night is not None:
+        figures["wrong_by_stratum"] = dict(manifest.night.probe.wrong_by_stratum)
+        figures["busy_s"] = manifest.night.probe.gpu_hours_busy * 3600
+    return figures

@@ -248,6 +248,53 @@ PARAM_SPECS.update({
         description="Images are downscaled to at most this many pixels on their long side (aspect kept) "
                     "before they go to Gemini; 0 = sent at full size.",
     ),
+    "teacher_project": dict(
+        default="default",
+        type="string",
+        minLength=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
+        section=TEACHER,
+        description="Name of the Google Cloud project whose Gemini quota the key draws on. Runs with the same "
+                    "output_uri and teacher_project share one daily ledger (teacher_rpd is the project's "
+                    "quota): every run date, backfill and manual run of a Pacific day.",
+    ),
+    "expected_error_rate": dict(
+        default=0.5,
+        type="number",
+        minimum=0.001,
+        maximum=1,
+        section=TEACHER,
+        description="The target's error rate the night's plan assumes when no earlier night of this "
+                    "output_uri and target_model has completed (then it uses that night's).",
+    ),
+    "target_images_per_s": dict(
+        default=40.0,
+        type="number",
+        minimum=0.001,
+        maximum=100_000,
+        section=TEACHER,
+        description="Rows the target answers per second per GPU, assumed by the night's plan until an "
+                    "earlier night has measured it: it sizes the GPU pass and so the teacher's window.",
+    ),
+    "probe_wall_factor": dict(
+        default=1.25,
+        type="number",
+        minimum=1,
+        maximum=100,
+        section=TEACHER,
+        description="The probe pod may run this many times its GPU pass (at least the pass plus "
+                    "probe_min_tail_s): explanations that would not finish by then are left unexplained "
+                    "(limited_by time), so the GPUs are not held waiting for the teacher.",
+    ),
+    "probe_min_tail_s": dict(
+        default=60.0,
+        type="number",
+        minimum=0,
+        maximum=86_400,
+        section=TEACHER,
+        description="Seconds the probe's teacher may go on after the GPU pass however short the pass "
+                    "(a small run's explanations need a minute of latency and retries).",
+    ),
     "max_cost_usd": dict(
         default=0.0,
         type="number",

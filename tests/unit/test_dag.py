@@ -90,6 +90,8 @@ def test_params_are_typed_bounded_described(dag):
     expected |= {"max_new_tokens", "qa_target_check", "qa_keep"}  # target (issue 9)
     expected |= {"min_per_key", "max_per_category"}  # data (issue 8)
     expected |= {"preset"}  # the seed's presets (issue 17)
+    expected |= {"teacher_project", "expected_error_rate", "target_images_per_s", "probe_wall_factor",
+                 "probe_min_tail_s"}  # the night's plan
     params = dag.params
     assert set(params.keys()) == expected
     for name in params.keys():

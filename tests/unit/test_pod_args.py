@@ -15,7 +15,7 @@ from vlmprobe.params import PARAM_SPECS, defaults
 
 RUN = pendulum.datetime(2026, 11, 25, 2, tz="UTC")
 STRINGS = {"input_uri": "/other/input", "output_uri": "/other/output", "target_model": "/models/other-llava",
-           "gemini_model": "gemini-2.5-pro"}
+           "gemini_model": "gemini-2.5-pro", "teacher_project": "other-project"}
 
 
 def _other_value(name: str, spec: dict):

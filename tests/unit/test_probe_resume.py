@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vlmprobe.config import ProbeConfig
-from vlmprobe.errors import QuotaExhausted
+from vlmprobe.errors import TeacherUnusable
 from vlmprobe.io import RunLayout, iter_jsonl, read_json
 from vlmprobe.io.parquet import Row, WorkUnit
 from vlmprobe.probe.resume import ProbeJournal, RowRanges, fingerprint_settings, keep_or_discard
@@ -49,19 +50,43 @@ def _resent(first: list[dict], second: list[dict]) -> list[dict]:
     return [e for e in second if e["sha256"] in succeeded]
 
 
+def _revoke_key_after(monkeypatch, calls: int) -> None:
+    """The key is revoked after ``calls`` teacher calls: the step stops at once (exit 3), like a kill
+    between two rows, with some rows finished and journaled and others in flight."""
+    from vlmprobe.errors import TeacherUnusable
+    from vlmprobe.teacher.client import Teacher
+
+    real = Teacher.generate
+    seen = {"n": 0}
+
+    async def generate(self, *args, **kwargs):
+        seen["n"] += 1
+        if seen["n"] > calls:
+            raise TeacherUnusable("the Gemini API key was revoked (test)")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Teacher, "generate", generate)
+
+
 def test_a_stopped_probe_resumes_without_paying_twice(tmp_path, demo_parquet, tiny_llava, monkeypatch):
     cfg = _cfg(demo_parquet, tmp_path, tiny_llava)
-    stopped, first = _run(cfg, monkeypatch, rpd=30)  # the daily quota stops the step part way
-    assert isinstance(stopped, QuotaExhausted)
+    with monkeypatch.context() as m:
+        _revoke_key_after(m, 30)
+        stopped, first = _run(cfg, m)
+    assert isinstance(stopped, TeacherUnusable)
     lay = RunLayout(str(tmp_path), RUN_DATE)
     assert not Path(lay.probe_success).exists()
     journaled = sum(seg.read_text().count("\n") for seg in Path(lay.probe_journal).glob("*.jsonl"))
     assert journaled > 10
+    # rows whose explanation was cut off by the stop are not journaled as done (nor as unexplained)
+    entries = [json.loads(line) for seg in Path(lay.probe_journal).glob("*.jsonl")
+               for line in seg.read_text().splitlines()]
+    assert not [e for e in entries if e["outcome"] == "unexplained"]
 
     result, second = _run(cfg, monkeypatch)
     success = read_json(result["success_uri"])
     c = success["counts"]
-    assert c["rows"] == 48 == c["passed"] + c["verified"] + c["rejected"] + c["errors"]
+    assert c["rows"] == 48 == c["passed"] + c["verified"] + c["rejected"] + c["unexplained"] + c["errors"]
     # finished rows were skipped before the target: only the others went through it
     assert c["resumed"] >= journaled and c["probed"] + c["resumed"] == 48
     assert sum(e["status"] == 200 for e in first) >= 20
@@ -73,28 +98,56 @@ def test_a_stopped_probe_resumes_without_paying_twice(tmp_path, demo_parquet, ti
     assert not Path(lay.probe_journal).exists()  # complete for good: cleared
 
 
-def test_budget_rows_are_retried_by_a_rerun_and_nothing_else_is_paid_again(tmp_path, demo_parquet, tiny_llava,
-                                                                            monkeypatch):
-    cfg = _cfg(demo_parquet, tmp_path, tiny_llava, max_cost_usd=0.002)
+def test_a_budget_the_plan_foresees_limits_the_night_without_failing_it(tmp_path, demo_parquet, tiny_llava,
+                                                                        monkeypatch):
+    cfg = _cfg(demo_parquet, tmp_path, tiny_llava, max_cost_usd=0.02)
     result, first = _run(cfg, monkeypatch)
     success = read_json(result["success_uri"])
-    blocked = success["error_reasons"].get("teacher_budget_reached", 0)
-    assert blocked > 0 and success["counts"]["verified"] + success["counts"]["rejected"] > 0
+    c, night, plan = success["counts"], success["night"], success["night_plan"]
+    assert plan["limited_by"] == "budget" and 0 < plan["explain_budget"] < plan["expected_wrong"]
+    assert "teacher_budget_reached" not in success["error_reasons"]  # no error rows for a limit
+    assert night["unexplained_reasons"].get("not_selected", 0) > 0 and c["verified"] + c["rejected"] > 0
+    assert night["limited_by"] == "budget"
+    assert c["wrong"] == c["verified"] + c["rejected"] + c["unexplained"] + c["teacher_errors"]
+    assert c["rows"] == c["passed"] + c["wrong"] + c["errors"] - c["teacher_errors"]
+    assert success["teacher"]["estimated_cost_usd"] <= 0.02
     lay = RunLayout(str(tmp_path), RUN_DATE)
-    assert Path(lay.probe_journal).exists()  # kept: some rows wait for a larger budget
+    wrong = list(iter_jsonl(lay.probe_wrong(0)))
+    assert len(wrong) == c["wrong"]  # every wrong answer written, explained or not
+    assert {w["outcome"] for w in wrong} >= {"unexplained", "verified"}
+    assert all(w["question"] and w["prediction"] is not None and w["question_type"] for w in wrong)
+    assert not Path(lay.probe_journal).exists()  # a limit is final: nothing waits for a retry
 
-    result, second = _run(cfg.model_copy(update={"max_cost_usd": 0.0}), monkeypatch)
-    again = read_json(result["success_uri"])
-    assert "teacher_budget_reached" not in again["error_reasons"]
-    assert again["counts"]["rows"] == 48 and again["counts"]["probed"] == blocked
-    assert len(_resent(first, second)) == 0 and len(second) <= 2 * blocked
-    assert not Path(lay.probe_journal).exists()
+
+def test_a_budget_met_while_the_night_runs_ends_the_explanations(tmp_path, demo_parquet, tiny_llava, monkeypatch):
+    """The plan's cost per failure can be wrong: the run's budget then stops new explanations."""
+    from vlmprobe.budget import plan as plan_module
+
+    real = plan_module.plan_night
+
+    def optimistic(inputs, priors):  # a plan that knows no price: it reserves nothing for QA, caps nothing
+        plan = real(inputs.model_copy(update={"max_cost_usd": 0.0}), priors)
+        return plan.model_copy(update={"cost_per_explained_usd": None, "qa_cost_per_explained_usd": None})
+
+    monkeypatch.setattr(plan_module, "plan_night", optimistic)
+    monkeypatch.setattr("vlmprobe.budget.night.plan_night", optimistic)
+    cfg = _cfg(demo_parquet, tmp_path, tiny_llava, max_cost_usd=0.004)
+    result, _ = _run(cfg, monkeypatch)
+    success = read_json(result["success_uri"])
+    night = success["night"]
+    assert night["limited_by"] == "budget" and night["unexplained_reasons"].get("budget", 0) > 0
+    assert night["explained"] > 0  # the first ones were paid for
+    assert "teacher_budget_reached" not in success["error_reasons"]
+    # the spend stops at the budget, give or take the requests in flight when it was reached
+    assert success["teacher"]["estimated_cost_usd"] <= 0.004 + 2 * CONCURRENCY * 0.0005
 
 
 def test_a_journal_made_with_other_settings_is_discarded(tmp_path, demo_parquet, tiny_llava, monkeypatch, caplog):
     cfg = _cfg(demo_parquet, tmp_path, tiny_llava)
-    stopped, _ = _run(cfg, monkeypatch, rpd=20)
-    assert isinstance(stopped, QuotaExhausted)
+    with monkeypatch.context() as m:
+        _revoke_key_after(m, 20)
+        stopped, _ = _run(cfg, m)
+    assert isinstance(stopped, TeacherUnusable)
     with caplog.at_level(logging.WARNING, logger="vlmprobe.probe"):
         result, _ = _run(cfg.model_copy(update={"max_new_tokens": 9}), monkeypatch)
     assert "made with other settings (max_new_tokens 16 -> 9)" in caplog.text

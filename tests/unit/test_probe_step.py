@@ -89,10 +89,10 @@ def test_a_bug_while_explaining_fails_the_step_loudly(tmp_path, demo_parquet, ti
 
     real = probe_loop.RankProbe._explain
 
-    async def explain_with_a_bug(self, ex, prediction):
+    async def explain_with_a_bug(self, ex, prediction, wrong):
         if ex.id.endswith("0005"):
             raise KeyError("a bug")
-        await real(self, ex, prediction)
+        await real(self, ex, prediction, wrong)
 
     monkeypatch.setattr(probe_loop.RankProbe, "_explain", explain_with_a_bug)
     with pytest.raises(KeyError, match="a bug"):
@@ -155,7 +155,8 @@ def test_a_probe_rerun_leaves_no_stale_manifest_or_qa_shards(tmp_path, demo_parq
     main(_cfg(demo_parquet, tmp_path, tiny_llava, parquet_sample_size=1))
     assert [u for u in stale if Path(u).exists()] == []
     assert Path(kept[0]).exists() and Path(lay.probe_success).exists()
-    assert sorted(p.name for p in Path(lay.probe_dir).iterdir()) == ["_SUCCESS.json", "rank-00000.jsonl"]
+    assert sorted(p.name for p in Path(lay.probe_dir).iterdir()) == ["_SUCCESS.json", "rank-00000.jsonl",
+                                                                    "wrong-rank-00000.jsonl"]
 
 
 def test_user_errors_are_one_plain_sentence(tmp_path, demo_parquet, tiny_llava):

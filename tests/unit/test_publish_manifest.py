@@ -131,11 +131,14 @@ def test_probe_teacher_errors_count_against_its_rows(tmp_path, demo_parquet):
     publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE, max_error_rate=0.3))
 
 
-def test_a_spent_budget_fails_the_run_whatever_the_error_rate(tmp_path, demo_parquet):
-    lay = _run(tmp_path, demo_parquet, qa_reasons=(None, {"teacher_budget_reached": 1}))
-    with pytest.raises(RunFailed, match="budget reached: max_cost_usd stopped new teacher requests and 1 qa record"):
-        publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE, max_error_rate=1.0))
-    assert read_json(lay.manifest_failed)["checks"]["budget_reached_rows"] == {"probe": 0, "qa": 1}
+def test_a_limit_the_plan_foresaw_never_fails_the_run(tmp_path, demo_parquet):
+    """QA failures left unasked by the budget or a reservation are reported, not a failure."""
+    lay = _run(tmp_path, demo_parquet, qa_reasons=(None, {"limited_budget": 1, "limited_daily_quota": 1}))
+    # 2 limited of 10 QA failures: 20 %, above max_error_rate, which counts teacher errors only
+    publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE, max_error_rate=0.15))
+    manifest = read_json(lay.manifest)
+    assert manifest["checks"]["qa"]["teacher_error_rows"] == 0
+    assert manifest["qa"]["error_reasons"] == {"limited_budget": 1, "limited_daily_quota": 1}
 
 
 def test_the_publish_task_fails_without_retry_and_its_event_carries_the_new_counts(tmp_path, demo_parquet):

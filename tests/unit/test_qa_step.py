@@ -170,14 +170,34 @@ def test_budget_rows_are_asked_again_by_a_rerun_with_more_budget(tmp_path, demo_
         monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
         capped = run_shard(QAConfig(max_cost_usd=1e-9, **cfg))  # the first answer spends the budget
         reasons = [e["reason"] for e in iter_jsonl(lay.qa_errors(0))]
-        assert reasons == ["teacher_budget_reached"] * (count - 1) and len(sim.request_log()) == 1
-        assert capped["counts"]["failures_with_items"] == 1
+        assert reasons == ["limited_budget"] * (count - 1) and len(sim.request_log()) == 1
+        assert capped["counts"]["failures_with_items"] == 1 and capped["counts"]["limited"] == count - 1
         assert (tmp_path / RUN_DATE / "qa" / "_journal" / "shard-00000").exists()  # kept for the rerun
         done = run_shard(QAConfig(max_cost_usd=10.0, **cfg))
         log = sim.request_log()
     assert len(log) == count and len(set(_ok_bodies(log))) == count  # the budget rows only, each once
     assert done["counts"]["resumed"] == 1 and done["counts"]["failures_with_items"] == count
     assert not (tmp_path / RUN_DATE / "qa" / "_journal" / "shard-00000").exists()
+
+
+def test_qa_never_starts_requests_its_reservation_cannot_pay_for(tmp_path, demo_parquet, monkeypatch):
+    from vlmprobe.sim import GeminiSimulator
+
+    lay = _one_shard(tmp_path, demo_parquet)
+    plan = ShardPlan.read(lay.shard_plan)
+    count = plan.shards[0].count
+    plan.model_copy(update={"qa_reserved_requests": 3}).write(lay.shard_plan)  # the night kept 3 for QA
+    cfg = QAConfig(output_uri=str(tmp_path), run_date=RUN_DATE, shard_index=0, concurrency=1, no_async=True)
+    monkeypatch.setenv("GEMINI_API_KEY", "k")
+    with GeminiSimulator(port=0, seed=3) as sim:
+        monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
+        out = run_shard(cfg)
+        sent = len(sim.request_log())
+    assert sent == 3  # not one request beyond the reservation
+    reasons = [e["reason"] for e in iter_jsonl(lay.qa_errors(0))]
+    assert reasons == ["limited_daily_quota"] * (count - 3)
+    c = out["counts"]
+    assert c["failures_with_items"] == 3 and c["limited"] == c["errors"] == count - 3
 
 
 def test_records_qa_cannot_use_are_error_rows_naming_file_and_record(tmp_path, demo_parquet, gemini_sim):

@@ -67,21 +67,24 @@ def test_safety_answers_are_error_rows_asked_once(tmp_path, qa_input, monkeypatc
     assert len({e["sha256"] for e in log}) == len(log)  # no request sent twice
 
 
-def test_the_budget_turns_the_remaining_records_into_error_rows(tmp_path, qa_input, monkeypatch):
+def test_the_budget_turns_the_remaining_records_into_limited_rows(tmp_path, qa_input, monkeypatch):
     with GeminiSimulator(port=0) as sim:
         out = _qa(tmp_path, sim, monkeypatch, max_cost_usd=1e-9, concurrency=1, no_async=True)
         requests = sim.stats()["requests"]
     reasons = [e["reason"] for e in iter_jsonl(qa_input.qa_errors(0))]
     assert requests == 1 and out["counts"]["failures_with_items"] + len(reasons) == 8
-    assert reasons == ["teacher_budget_reached"] * 7
+    assert reasons == ["limited_budget"] * 7
+    assert out["counts"]["limited"] == 7
     stats = read_json(qa_input.qa_stats(0))["teacher"]
     assert stats["gave_up"] == {"budget_reached": 7} and stats["estimated_cost_usd"] > 0
 
 
-def test_the_daily_quota_stops_qa_resumably(tmp_path, qa_input, monkeypatch):
+def test_the_daily_quota_is_a_limit_for_qa_asked_again_after_the_reset(tmp_path, qa_input, monkeypatch):
     with GeminiSimulator(port=0) as sim:
-        with pytest.raises(QuotaExhausted) as caught:
-            _qa(tmp_path, sim, monkeypatch, teacher_rpd=3, batch_size=2, concurrency=1)
+        out = _qa(tmp_path, sim, monkeypatch, teacher_rpd=3, batch_size=2, concurrency=1)
         requests = sim.stats()["requests"]
-    assert requests == 3 and caught.value.exit_code == 4 and caught.value.resets_at is not None
-    assert not (tmp_path / RUN_DATE / "qa" / "shard-00000.jsonl").exists()
+    assert requests == 3  # the project's day: not one request beyond it
+    reasons = [e["reason"] for e in iter_jsonl(qa_input.qa_errors(0))]
+    assert reasons == ["limited_daily_quota"] * 5 and out["counts"]["limited"] == 5
+    assert (tmp_path / RUN_DATE / "qa" / "shard-00000.jsonl").exists()  # the shard is complete
+    assert (tmp_path / RUN_DATE / "qa" / "_journal" / "shard-00000").exists()  # kept: a rerun asks for the 5

@@ -43,6 +43,10 @@ class RunLayout:
     def probe_rank(self, rank: int) -> str:
         return join(self.probe_dir, f"rank-{rank:05d}.jsonl")
 
+    def probe_wrong(self, rank: int) -> str:
+        """Every wrong answer of a rank, explained or not (image reference, question, truth, prediction)."""
+        return join(self.probe_dir, f"wrong-rank-{rank:05d}.jsonl")
+
     @property
     def probe_success(self) -> str:
         return join(self.probe_dir, "_SUCCESS.json")

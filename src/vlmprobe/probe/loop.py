@@ -14,12 +14,16 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmprobe.budget.plan import Limit, NightPlan
+from vlmprobe.budget.select import ExplainSelector, question_type, stratum_of
 from vlmprobe.config import ProbeConfig
+from vlmprobe.errors import QuotaExhausted
 from vlmprobe.io.parquet import REQUIRED_COLUMNS, InputCounts, ReadError, Row, WorkUnit, image_bytes, iter_units
 from vlmprobe.probe.pipeline import PipelineStats, run_pipeline
 from vlmprobe.probe.resume import ProbeJournal
@@ -117,7 +121,7 @@ class RankProbe:
     """
 
     def __init__(self, cfg: ProbeConfig, rank: int, target, journal: ProbeJournal,
-                 done: dict[str, set[int]] | None = None) -> None:
+                 done: dict[str, set[int]] | None = None, night: NightPlan | None = None) -> None:
         from vlmprobe.teacher.client import AUTO_CONCURRENCY_MAX
         from vlmprobe.teacher.templates import load_templates
 
@@ -135,21 +139,56 @@ class RankProbe:
         self.progress: Progress | None = None
         # At most this many rows between their first and last teacher call (see _explain)
         self._explaining = asyncio.Semaphore(self.concurrency)
+        # The night's plan: which wrong answers are explained (None: every one, no limits)
+        self.night = night
+        self.selector: ExplainSelector | None = None
+        self.limited: Limit = "none"  # the first limit this rank met; every later wrong answer is unexplained
+        self._pass_started = 0.0
+        self.pass_s = 0.0
+        self.tail_limit_s: float | None = None
+        self._deadline: float | None = None  # monotonic: explanations must end by then (set when the pass ends)
+        self._window_closed = False  # the explanations still running at the deadline are being cancelled
 
     # -- records -----------------------------------------------------------------------------
     def _finish(self, row: Row, outcome: str, record: dict[str, Any] | None = None,
-                usage: dict[str, int] | None = None) -> None:
+                usage: dict[str, int] | None = None, wrong: dict[str, Any] | None = None) -> None:
         """One row is done: into the journal at once, counted, shown in the progress line."""
-        self.journal.record(row, outcome, record, usage=usage)
+        self.journal.record(row, outcome, record, usage=usage, wrong=wrong)
         with self._lock:
             self.counts[outcome] += 1
         if self.progress is not None:
             self.progress.update(1)
 
     def _error(self, reason: str, detail: str, row: Row, record_id: str | None = None,
-               usage: dict[str, int] | None = None) -> None:
+               usage: dict[str, int] | None = None, wrong: dict[str, Any] | None = None) -> None:
         self._finish(row, "error", error_record("probe", reason, detail, id=record_id, image=row.ref,
-                                                run_date=self.cfg.run_date, rank=self.rank), usage)
+                                                run_date=self.cfg.run_date, rank=self.rank), usage, wrong)
+
+    def _wrong(self, ex: Example, prediction: str) -> dict[str, Any]:
+        """A wrong answer as ``probe/wrong-rank-*.jsonl`` keeps it, explained or not."""
+        source = ex.meta.get("source")
+        return {"id": ex.id, "image": ex.row.ref, "question": ex.question, "answer": ex.answer,
+                "choices": ex.choices, "prediction": prediction, "question_type": question_type(ex.choices),
+                "source": source, "stratum": stratum_of(ex.choices, source),
+                "run_date": self.cfg.run_date, "rank": self.rank}
+
+    def _unexplained(self, ex: Example, wrong: dict[str, Any], reason: str,
+                     usage: dict[str, int] | None = None) -> None:
+        """A wrong answer the night leaves unexplained (``reason``: not_selected or the limit met)."""
+        self._finish(ex.row, "unexplained", {**wrong, "reason": reason}, usage, wrong)
+
+    def _limit(self, limit: Limit, why: str) -> None:
+        """The first limit met ends the rank's explanations: later wrong answers are unexplained."""
+        if self.limited == "none":
+            self.limited = limit
+            log.warning("rank %d: no more explanations this night (limited by %s): %s", self.rank, limit, why)
+
+    def _too_late(self) -> bool:
+        """After the pass: would an explanation started now end after the deadline?"""
+        if self._deadline is None:
+            return False
+        expected = 2 * float(getattr(self.teacher, "expected_latency_s", 0.0) or 0.0)
+        return time.monotonic() + expected > self._deadline
 
     def _read_error(self, err: ReadError) -> None:
         self.read_errors.append(err)
@@ -247,17 +286,23 @@ class RankProbe:
         return preds
 
     # -- teacher -----------------------------------------------------------------------------
-    async def _explain(self, ex: Example, prediction: str) -> None:
-        from vlmprobe.teacher.results import TeacherError
-        from vlmprobe.teacher.usage import Usage
+    async def _explain(self, ex: Example, prediction: str, wrong: dict[str, Any]) -> None:
         from vlmprobe.teacher.prompts import factor_prompt, verify_prompt
+        from vlmprobe.teacher.results import TeacherError
         from vlmprobe.teacher.schemas import FactorCompletion, Verification
+        from vlmprobe.teacher.usage import Usage
 
         images = [(ex.image_bytes, ex.mime)]
         fc = None
         # At most `concurrency` rows between their first and last teacher call: a kill re-pays
         # at most their factor answers (the resume bound, vlmprobe.probe.resume).
         async with self._explaining:
+            if self.limited == "none" and self._too_late():
+                self._limit("time", f"the pass ended and its teacher window closes in "
+                            f"{max(self._deadline - time.monotonic(), 0):.0f} s")  # type: ignore[operator]
+            if self.limited != "none":
+                self._unexplained(ex, wrong, self.limited)
+                return
             try:
                 fc = await self.teacher.generate(
                     factor_prompt(self.templates, ex.question, ex.answer, prediction, ex.choices),
@@ -266,10 +311,22 @@ class RankProbe:
                 vr = await self.teacher.generate(
                     verify_prompt(ex.question, ex.answer, prediction, factor.category, factor.completion),
                     Verification, images=images, kind="verify", follow_up=True)  # the factor is paid
+            except QuotaExhausted as e:  # the project's day, or this step's reservation: a limit
+                self._limit("daily_quota", str(e))
+                self._unexplained(ex, wrong, "daily_quota", fc.usage.as_dict() if fc else None)
+                return
             except TeacherError as e:
                 usage = e.usage + (fc.usage if fc else Usage())  # failed attempts are billed too
-                self._error(f"teacher_{e.reason}", str(e), ex.row, ex.id, usage.as_dict())
+                if e.reason == "budget_reached":
+                    self._limit("budget", str(e))
+                    self._unexplained(ex, wrong, "budget", usage.as_dict())
+                    return
+                self._error(f"teacher_{e.reason}", str(e), ex.row, ex.id, usage.as_dict(), wrong)
                 return
+            except asyncio.CancelledError:
+                if self._window_closed:  # the teacher window closed with this one in flight
+                    self._unexplained(ex, wrong, "time", fc.usage.as_dict() if fc else None)
+                raise  # else the step is stopping: the row is not done, a rerun explains it
         usage = fc.usage + vr.usage
         verdict: Verification = vr.parsed
         record = {
@@ -297,12 +354,12 @@ class RankProbe:
             "usage": usage.as_dict(),
         }
         if verdict.supported:
-            self._finish(ex.row, "verified", record, usage.as_dict())
+            self._finish(ex.row, "verified", record, usage.as_dict(), wrong)
         else:
             self._finish(ex.row, "rejected", error_record(
                 "probe", "factor_not_verified", verdict.rationale,
                 **{k: record[k] for k in ("id", "image", "failure_key", "run_date", "rank")}, failure=record),
-                usage.as_dict())
+                usage.as_dict(), wrong)
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self, units: list[WorkUnit], lost: Iterable[ReadError] = ()) -> dict[str, Any]:
@@ -320,12 +377,32 @@ class RankProbe:
         if finished:
             log.info("resuming: %d row(s) of this rank were finished by an earlier attempt; %d to go",
                      finished, total)
+        if self.night is not None:
+            self.selector = ExplainSelector(self.night, sum(u.num_rows for u in units), self.cfg.seed)
         with Progress(total, f"probe rank {self.rank}", unit="rows", interval_s=PROGRESS_EVERY_S,
                       logger=log) as self.progress:
-            async with make_teacher(self.cfg) as teacher:
+            async with make_teacher(self.cfg, **self._teacher_caps()) as teacher:
                 self.teacher = teacher
                 self.pipeline_stats = await self._probe(self._rows(units))
                 return dict(teacher.stats)
+
+    def _teacher_caps(self) -> dict[str, Any]:
+        """The probe's share of the night: its reservation of requests, and the run's budget less
+        what the plan keeps for QA."""
+        if self.night is None:
+            return {}
+        caps: dict[str, Any] = {"step_cap": self.night.probe_requests}
+        if self.cfg.max_cost_usd:
+            # never 0, which would mean "no cap": a plan that kept all of it for QA leaves the probe nothing
+            caps["max_cost_usd"] = max(self.cfg.max_cost_usd - self.night.qa_cost_reserved_usd, 1e-9)
+        return caps
+
+    def explain_stats(self) -> dict[str, Any]:
+        """The rank's explanation sample and limits, for its stats."""
+        base = self.selector.stats() if self.selector is not None else {
+            "scale": 1.0, "lowered": 0, "chosen": 0, "wrong": 0, "budget": None, "wrong_by_stratum": {}}
+        return {**base, "limited": self.limited, "pass_s": round(self.pass_s, 3),
+                "tail_limit_s": None if self.tail_limit_s is None else round(self.tail_limit_s, 3)}
 
     async def _probe(self, rows: Iterable[Row]) -> PipelineStats:
         """Answer, judge and explain ``rows``: the device never waits for decoding, only for the teacher.
@@ -357,17 +434,43 @@ class RankProbe:
                     self._finish(ex.row, "passed")
                     continue
                 self.counts["wrong"] += 1
+                wrong = self._wrong(ex, pred)
+                if self.limited != "none":
+                    self._unexplained(ex, wrong, self.limited)
+                    continue
+                if self.selector is not None and not self.selector.choose(wrong["stratum"], ex.id):
+                    self._unexplained(ex, wrong, "not_selected")
+                    continue
                 await room.acquire()
-                task = asyncio.create_task(self._explain(ex, pred))
+                task = asyncio.create_task(self._explain(ex, pred, wrong))
                 in_flight.add(task)
                 task.add_done_callback(finished)
+            if self.selector is not None:
+                self.selector.after_batch(len(preds))
             if crashed:
                 raise crashed[0]
 
         async def finish() -> None:
-            await asyncio.gather(*in_flight, return_exceptions=True)
+            # The pass is over: the teacher may go on for the plan's tail (probe_wall_factor of
+            # the pass, at least probe_min_tail_s); what is still waiting then is left unexplained.
+            self.pass_s = time.monotonic() - self._pass_started
+            if self.night is None:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+                return
+            self.tail_limit_s = max((self.cfg.probe_wall_factor - 1) * self.pass_s, self.cfg.probe_min_tail_s)
+            self._deadline = time.monotonic() + self.tail_limit_s
+            if in_flight:
+                _, late = await asyncio.wait(set(in_flight), timeout=self.tail_limit_s)
+                if late:
+                    self._limit("time", f"{len(late)} explanation(s) still running {self.tail_limit_s:.0f} s "
+                                "after the pass")
+                    self._window_closed = True
+                    for task in late:
+                        task.cancel()
+                    await asyncio.gather(*late, return_exceptions=True)
 
         bind = getattr(self.target, "bind_thread", None)
+        self._pass_started = time.monotonic()
         try:
             stats = await run_pipeline(self._batches(rows), self._prepare, self._infer, consume, finish=finish,
                                        workers=self.prepare_workers, prefetch=PREFETCH_BATCHES, device_init=bind)

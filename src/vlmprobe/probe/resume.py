@@ -44,6 +44,8 @@ were between their first and last teacher call — at most ``concurrency`` of th
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import logging
@@ -62,7 +64,7 @@ from vlmprobe.io.parquet import ReadError, Row, WorkUnit
 log = logging.getLogger("vlmprobe.probe")
 
 JOURNAL_FORMAT = 1
-OUTCOMES = ("passed", "verified", "rejected", "error")
+OUTCOMES = ("passed", "verified", "rejected", "unexplained", "error")
 # Error rows a rerun tries again (see the module docstring).
 RETRIED_REASONS = ("teacher_budget_reached", "target_error")
 
@@ -152,6 +154,7 @@ class Tally:
 
     counts: Counter = field(default_factory=Counter)
     error_reasons: Counter = field(default_factory=Counter)
+    unexplained_reasons: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
 
     def add(self, entry: dict[str, Any], resumed: bool) -> None:
@@ -164,11 +167,17 @@ class Tally:
         elif outcome in ("verified", "rejected"):
             c[outcome] += 1
             c["wrong"] += 1
+        elif outcome == "unexplained":
+            c["unexplained"] += 1
+            c["wrong"] += 1
+            self.unexplained_reasons[entry["record"]["reason"]] += 1
         else:
             reason = entry["record"]["reason"]
             c["errors"] += 1
             self.error_reasons[reason] += 1
-            c["wrong"] += reason.startswith("teacher_")  # the teacher was asked: the target was wrong
+            teacher = reason.startswith("teacher_")  # the teacher was asked: the target was wrong
+            c["wrong"] += teacher
+            c["teacher_errors"] += teacher
         self.tokens.update(entry.get("usage") or {})
 
     def add_read_error(self, record: dict[str, Any]) -> None:
@@ -202,8 +211,9 @@ class ProbeJournal:
 
     # -- writing -----------------------------------------------------------------------------
     def record(self, row: Row, outcome: str, record: dict[str, Any] | None = None, *,
-               usage: dict[str, int] | None = None) -> None:
-        """Append one row's outcome as it finishes (``record``: the failure or error row)."""
+               usage: dict[str, int] | None = None, wrong: dict[str, Any] | None = None) -> None:
+        """Append one row's outcome as it finishes (``record``: the failure, error row or unexplained
+        wrong answer; ``wrong``: the wrong answer, for ``probe/wrong-rank-*.jsonl``)."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         entry: dict[str, Any] = {"uri": row.uri, "row": row.row, "fp": self.fp, "outcome": outcome}
@@ -211,6 +221,8 @@ class ProbeJournal:
             entry["record"] = record
         if usage:
             entry["usage"] = usage
+        if wrong is not None:
+            entry["wrong"] = wrong
         if outcome == "error" and record is not None and record.get("reason") in RETRIED_REASONS:
             entry["done"] = False
         self.journal.append(entry)
@@ -240,18 +252,20 @@ class ProbeJournal:
         return done
 
     def write_outputs(self, failures_uri: str, errors_uri: str, read_errors: list[ReadError],
-                      where: dict[str, Any]) -> Tally:
+                      where: dict[str, Any], wrong_uri: str | None = None) -> Tally:
         """Write the rank's output files from the journal (after :meth:`close`); what they hold.
 
         ``read_errors``: this attempt's rows lost at reading, written as error rows first (with
         ``where``: rank, run date); journal entries for those rows are left out (the rows could
-        not be read this time).
+        not be read this time). ``wrong_uri``: every wrong answer, explained or not, with its
+        ``outcome`` (verified, rejected, unexplained or the teacher error's reason).
         """
         tally = Tally()
         lost = RowRanges.of_errors(read_errors)
         own = self._own_segments()
         done: dict[str, set[int]] = {}
-        with JsonlWriter(failures_uri) as failures, JsonlWriter(errors_uri) as errors:
+        with JsonlWriter(failures_uri) as failures, JsonlWriter(errors_uri) as errors, \
+                JsonlWriter(wrong_uri) if wrong_uri else contextlib.nullcontext() as wrongs:
             for err in read_errors:
                 record = err.record("probe", **where)
                 errors.write(record)
@@ -269,20 +283,25 @@ class ProbeJournal:
                     if entry["row"] in rows:
                         continue
                     rows.add(entry["row"])
-                    self._write(entry, failures, errors)
+                    self._write(entry, failures, errors, wrongs)
                     tally.add(entry, resumed)
             for (uri, row), (entry, resumed) in pending.items():
                 if row not in done.get(uri, ()):
-                    self._write(entry, failures, errors)
+                    self._write(entry, failures, errors, wrongs)
                     tally.add(entry, resumed)
         return tally
 
     @staticmethod
-    def _write(entry: dict[str, Any], failures: JsonlWriter, errors: JsonlWriter) -> None:
-        if entry["outcome"] == "verified":
+    def _write(entry: dict[str, Any], failures: JsonlWriter, errors: JsonlWriter, wrongs: Any = None) -> None:
+        outcome = entry["outcome"]
+        if outcome == "verified":
             failures.write(entry["record"])
-        elif entry["outcome"] != "passed":
+        elif outcome not in ("passed", "unexplained"):
             errors.write(entry["record"])
+        if wrongs is not None and entry.get("wrong") is not None:
+            detail = entry["record"]["reason"] if outcome in ("error", "unexplained") else None
+            wrongs.write({**entry["wrong"], "explained": outcome in ("verified", "rejected"), "outcome": outcome,
+                          "reason": detail})
 
     @staticmethod
     def clear_dir(journal_dir: str) -> None:

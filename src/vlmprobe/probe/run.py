@@ -44,6 +44,7 @@ import logging
 import time
 from typing import Any
 
+from vlmprobe.budget.plan import NightPlan
 from vlmprobe.config import ProbeConfig
 from vlmprobe.errors import InputError
 from vlmprobe.io import JsonlWriter, RunLayout
@@ -89,13 +90,16 @@ def _start(cfg: ProbeConfig, layout: RunLayout, settings: dict[str, Any], world_
             plan.for_rank(0, world_size)
         except ValueError as e:  # ranks outnumber the row groups
             raise InputError(str(e)) from e
+    from vlmprobe.budget.night import plan_the_night
+
+    night = plan_the_night(cfg, plan.total_rows, world_size)  # before any Gemini request or GPU work
     removed = layout.invalidate("probe")
     if removed:
         log.info("rerun: removed %d stale output(s) of this run date (probe, sample, qa, manifest)", len(removed))
     prior = keep_or_discard(layout.probe_journal, settings)
     log.info("work plan: %d file(s) sampled, %d row group(s), %d rows; %d file(s) unreadable",
              len(plan.files), len(plan.units), plan.total_rows, len(plan.lost))
-    return {"plan": plan.to_dict(), "prior": prior}
+    return {"plan": plan.to_dict(), "prior": prior, "night": night.model_dump(mode="json")}
 
 
 def _rank_share(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, rank: int,
@@ -138,11 +142,12 @@ def run_rank(cfg: ProbeConfig, ranks: Ranks) -> dict[str, Any] | None:
     settings = fingerprint_settings(cfg)
     shared = ranks.from_rank0(lambda: _start(cfg, layout, settings, world_size))
     plan = WorkPlan.from_dict(shared["plan"])
+    night = NightPlan.model_validate(shared["night"])
     mine, lost = _rank_share(cfg, layout, plan, rank, world_size)
 
     target = load_target(cfg.target_model, max_new_tokens=cfg.max_new_tokens)
     with ProbeJournal(layout.probe_journal, rank, settings, mine, shared["prior"]) as journal:
-        probe = RankProbe(cfg, rank, target, journal, journal.done_rows())
+        probe = RankProbe(cfg, rank, target, journal, journal.done_rows(), night=night)
         teacher_stats = asyncio.run(probe.run(mine, lost))
     finished_at = time.time()
 
@@ -152,4 +157,4 @@ def run_rank(cfg: ProbeConfig, ranks: Ranks) -> dict[str, Any] | None:
     gathered = ranks.gather_when_done(rank_stats)
     if rank != 0:
         return None
-    return finish_step(cfg, layout, plan, gathered, started_at, t0)
+    return finish_step(cfg, layout, plan, gathered, started_at, t0, night)

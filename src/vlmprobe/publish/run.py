@@ -9,8 +9,10 @@ lines of every output file, and:
   add up — no manifest is written, there is nothing consistent to describe;
 - **fails the run** (:class:`RunFailed`, exit 2, not retried) when the teacher failed too often
   — its error rows (``teacher_*``) above ``max_error_rate`` of a step's records (probe: of its
-  rows; qa: of its failures) — or when any record got ``teacher_budget_reached`` ("budget
-  reached": ``max_cost_usd`` stopped new requests). The outputs stay for inspection and the
+  rows; qa: of its failures). A limit the night's plan foresaw — wrong answers left unexplained,
+  QA failures left unasked (``limited_*`` rows) because of the daily quota, a reservation or
+  ``max_cost_usd`` — never fails a run: the manifest's ``night`` says what limited it
+  (``limited_by``) with the plan next to what happened. The outputs stay for inspection and the
   manifest is written as ``manifest.failed.json`` (with ``failed``: the reasons), never as
   ``manifest.json``: a consumer that waits for ``manifest.json`` never sees a failed run;
 - otherwise writes ``manifest.json`` (:class:`vlmprobe.contracts.Manifest`, with its
@@ -37,8 +39,9 @@ from typing import Any
 
 from vlmprobe.config import PublishConfig
 from vlmprobe.contracts import (AttemptFigures, BoundBy, BudgetReachedRows, Checks, Manifest, ManifestProbe, ManifestQA,
-                                ManifestSample, ManifestShard, ManifestTeacher, ModelNames, Outputs, PipelineSummary,
-                                Prices, ProbeSuccess, QAShardStats, RunTeacherFigures, ShardPlan, StepCheck,
+                                ManifestNight, ManifestSample, ManifestShard, ManifestTeacher, ModelNames, Outputs,
+                                PipelineSummary, Prices, ProbeSuccess, QANight, QAShardStats, RunTeacherFigures,
+                                ShardPlan, StepCheck,
                                 TargetCheckSummary, TeacherFigures, Timings, TokenCounts)
 from vlmprobe.errors import VlmprobeError
 from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_tree
@@ -155,12 +158,10 @@ def judge(probe: ManifestProbe, qa: ManifestQA, max_error_rate: float) -> tuple[
             reasons.append(f"{step}: {errors} of {records} {what} ({rate:.1%}) ended as teacher error rows, more "
                            f"than max_error_rate {max_error_rate:.1%} (reasons: "
                            f"{_teacher_reasons(part.error_reasons)})")
+    # Records a limit left unexplained or unasked (the budget, the day's quota, a reservation) are
+    # what the night's plan foresaw: reported in the manifest's night, never a failure.
     budget = BudgetReachedRows(probe=int(probe.error_reasons.get(BUDGET_REASON, 0)),
                                qa=int(qa.error_reasons.get(BUDGET_REASON, 0)))
-    if budget.probe or budget.qa:
-        where = ", ".join(f"{n} {step} record(s)" for step, n in budget.model_dump().items() if n)
-        reasons.append(f"budget reached: max_cost_usd stopped new teacher requests and {where} got no answer "
-                       "(raise max_cost_usd and rerun the step: it resumes)")
     return Checks(max_error_rate=max_error_rate, probe=checks["probe"], qa=checks["qa"],
                   budget_reached_rows=budget), reasons
 
@@ -185,8 +186,10 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
 
     problems: list[str] = []
     pc = probe.counts
-    if pc.rows != pc.passed + pc.verified + pc.rejected + pc.errors:
+    if pc.rows != pc.passed + pc.verified + pc.rejected + pc.unexplained + pc.errors:
         problems.append(f"probe counts do not add up: {pc.model_dump()}")
+    if pc.teacher_errors and pc.wrong != pc.explained + pc.unexplained + pc.teacher_errors:
+        problems.append(f"probe's wrong answers do not add up: {pc.model_dump()}")
     sc = plan.counts  # sample_keys counted the failures in the probe's files: not read again here
     if sc.input_failures != pc.verified:
         problems.append(f"sample_keys read {sc.input_failures} failures, probe verified {pc.verified}")
@@ -241,6 +244,7 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
     qa_part = ManifestQA(counts=dict(qa_counts), error_reasons=dict(reasons), tokens=dict(qa_tokens),
                          teacher=qa_teacher_figures, target_check=target_check, shards=shards)
     checks, failed = judge(probe_part, qa_part, cfg.max_error_rate)
+    night = night_summary(probe, qa_counts, reasons, qa_teacher_figures)
     manifest = Manifest(
         run_date=cfg.run_date,
         published_at=dt.datetime.now(dt.timezone.utc).isoformat(),
@@ -263,6 +267,7 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
         failed=failed or None,
         dataset=dataset,
         provenance=run_provenance(probe, cfg.run_conf(), worker_images),
+        night=night,
     )
     if failed:
         manifest.write(layout.manifest_failed)
@@ -270,13 +275,37 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
                         f"; the outputs stay for inspection, the figures are in {layout.manifest_failed}")
     manifest.write(layout.manifest)
     write_card(layout, manifest, plan)  # README.md: the dataset card
+    if night is not None and night.plan.day and cfg.teacher_rpd:  # QA's unused reservation goes back
+        from vlmprobe.teacher.daily import project_folder, release_hold
+
+        release_hold(project_folder(cfg.output_uri, cfg.teacher_project), night.plan.day, cfg.run_date, "qa")
     # Every shard finished (its journal went with it); journals left by shards of an earlier plan go now.
     remove_tree(layout.qa_journal)
     log.info("published %s: %d QA items from %d failures", layout.manifest, qa_counts["items"], sc.sampled)
+    if night is not None:
+        log.info("night limited by %s: %d of %d wrong answers explained; QA %d of %s reserved requests, %d "
+                 "failure(s) left by a limit", night.limited_by, night.probe.explained, pc.wrong, night.qa.requests,
+                 night.qa.reserved_requests if night.qa.reserved_requests is not None else "no", night.qa.limited)
     for step, figures in (("probe", probe_teacher), ("qa", qa_teacher_figures)):
         log.info("teacher %s", teacher_line(step, figures))
     return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest.outputs.qa,
             "dataset_card": layout.dataset_card}
+
+
+def night_summary(probe: ProbeSuccess, qa_counts: Mapping[str, int], qa_reasons: Mapping[str, int],
+                  qa_teacher: TeacherFigures) -> ManifestNight | None:
+    """The night's plan next to what the probe and QA did; None for a probe without a plan."""
+    if probe.night_plan is None or probe.night is None:
+        return None
+    qa_limited_by = "none"
+    if qa_reasons.get("limited_daily_quota"):
+        qa_limited_by = "daily_quota"
+    elif qa_reasons.get("limited_budget"):
+        qa_limited_by = "budget"
+    qa = QANight(reserved_requests=probe.night_plan.qa_requests, requests=qa_teacher.requests,
+                 limited=int(qa_counts.get("limited", 0)), limited_by=qa_limited_by)
+    limited_by = probe.night.limited_by if probe.night.limited_by != "none" else qa_limited_by
+    return ManifestNight(plan=probe.night_plan, probe=probe.night, qa=qa, limited_by=limited_by)
 
 
 def teacher_line(step: str, t: TeacherFigures) -> str:

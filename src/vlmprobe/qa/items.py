@@ -17,6 +17,10 @@ from vlmprobe.contracts import TokenCounts
 from vlmprobe.records import error_record, stable_id
 
 TOKEN_FIELDS = tuple(TokenCounts.model_fields)
+# Error rows of failures left without a request because a limit was reached (QA's reservation or
+# the day's quota: limited_daily_quota; the run's budget: limited_budget). Not teacher errors:
+# publish does not fail a run for them; never journalled, so a rerun asks for exactly them.
+LIMITED_PREFIX = "limited_"
 
 
 def clean_items(items: list[Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -93,6 +97,7 @@ class ShardQA:
 
     async def handle(self, seq: int, rec: dict[str, Any], image: bytes | Exception) -> tuple[Outcome, Any]:
         """One failure → (its outcome, its decoded image for the target check, or None)."""
+        from vlmprobe.errors import QuotaExhausted
         from vlmprobe.images import decode
         from vlmprobe.teacher.results import TeacherError
         from vlmprobe.teacher.prompts import qa_prompt
@@ -110,9 +115,12 @@ class ShardQA:
                            self.cfg.max_items)
         try:
             result = await self.teacher.generate(prompt, QASet, images=[(data, mime)], kind="qa")
+        except QuotaExhausted as e:  # the project's day or QA's reservation: a limit, asked again by a rerun
+            return self.error(seq, rec, "limited_daily_quota", str(e), durable=False), None
         except TeacherError as e:  # failed attempts are billed too
-            return self.error(seq, rec, f"teacher_{e.reason}", str(e), tokens=_tokens(e.usage),
-                              durable=e.reason != "budget_reached"), None
+            if e.reason == "budget_reached":  # a limit: never journalled, so a rerun with more asks for it
+                return self.error(seq, rec, "limited_budget", str(e), tokens=_tokens(e.usage), durable=False), None
+            return self.error(seq, rec, f"teacher_{e.reason}", str(e), tokens=_tokens(e.usage)), None
         tokens = _tokens(result.usage)
         kept, dropped = clean_items(result.parsed.items)
         if not kept:

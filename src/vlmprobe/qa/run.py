@@ -31,16 +31,17 @@ after a kill, only the requests in flight are sent again (on object stores, also
 the last unwritten segment). The journal is trusted only when its fingerprint
 (``_fingerprint.json``, :class:`vlmprobe.contracts.QAJournalHeader`: the plan's SHA-256, the
 shard, the teacher model, items per failure, the record format) matches; otherwise it is
-discarded with a warning. Rows of ``teacher_budget_reached`` are written but never journalled,
-so a rerun with a larger ``max_cost_usd`` asks for them (and only them). The target's answers
+discarded with a warning. Rows left without a request because a limit was reached
+(``limited_daily_quota``: QA's reservation in the night's plan or the project's daily quota;
+``limited_budget``: ``max_cost_usd``) are written but never journalled, so a rerun (after the
+quota resets, or with a larger budget) asks for them and only them. The target's answers
 are not journalled: they cost no Gemini request and are recomputed (with the rerun's target
 settings). The outputs are written at the end from the outcomes — earlier attempts' from the
 journal, read once at the start, and this attempt's; the journal is removed once the stats file
-is written — unless the budget stopped some failures: then it stays for that rerun (publish
-fails the run meanwhile).
+is written — unless a limit left some failures without a request: then it stays for that rerun
+(publish reports the limit; it does not fail the run for it).
 
-Stopping teacher errors (dead key, unknown model: exit 3; daily quota: exit 4; circuit breaker:
-exit 1) end the shard at once with nothing half-written: no shard file, no stats, the journal
+Stopping teacher errors (dead key, unknown model: exit 3; circuit breaker: exit 1) end the shard at once with nothing half-written: no shard file, no stats, the journal
 kept for the rerun. Safe to rerun: the shard's earlier outputs and the manifest are removed
 first (:meth:`vlmprobe.io.layout.RunLayout.invalidate`); outputs are replaced, never appended.
 """
@@ -64,7 +65,7 @@ from vlmprobe.contracts import (QACounts, QAJournalHeader, QAShardSpan, QAShardS
 from vlmprobe.errors import InputError, require_fields
 from vlmprobe.io import Journal, JsonlWriter, RunLayout, exists, join
 from vlmprobe.qa.dataset import write_shard_parquet
-from vlmprobe.qa.items import TOKEN_FIELDS, Outcome, ShardQA, load_images
+from vlmprobe.qa.items import LIMITED_PREFIX, TOKEN_FIELDS, Outcome, ShardQA, load_images
 from vlmprobe.qa.target_check import TargetCheck, check_mode, decoded_rgb
 
 log = logging.getLogger("vlmprobe.qa")
@@ -243,7 +244,8 @@ async def _answer(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str])
         record(*await work.handle(seq, rec, image))
 
     with Progress(total=shard.count, desc=f"qa shard {index}", unit="failures", logger=log) as progress:
-        async with make_teacher(cfg) as teacher:
+        # QA's reservation in the night's plan caps its requests (no cap without a plan)
+        async with make_teacher(cfg, step_cap=plan.qa_reserved_requests) as teacher:
             work = ShardQA(cfg, teacher)
             batches = _batches(_shard_records(plan, index), cfg.batch_size, s.want_image)
             stopped = True  # until the loop ends normally
@@ -313,6 +315,7 @@ def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str]
             if out.error is not None:
                 errors_out.write(out.error)
                 reasons[out.error["reason"]] += 1
+                counts["limited"] += out.error["reason"].startswith(LIMITED_PREFIX)
                 continue
             counts["failures_with_items"] += 1
             for j, item in enumerate(out.items):
@@ -382,11 +385,13 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
 
     stats = _write_outputs(shard, outcomes, counts, teacher_stats, t0)
     index = shard.index
-    budget_rows = stats.error_reasons.get("teacher_budget_reached", 0)
-    if budget_rows:
-        # publish fails this run ("budget reached"); a rerun with a larger max_cost_usd resumes
-        log.warning("shard %d: %d failure(s) got no answer, the run's teacher budget (max_cost_usd) is spent; "
-                    "the journal is kept: a rerun with a larger budget asks only for them", index, budget_rows)
+    limited = stats.counts.limited
+    if limited:
+        # a limit the night's plan allows for (QA's reservation, the day's quota, the budget): the
+        # shard is complete; a rerun (after the quota resets, or with a larger budget) asks only for them
+        log.warning("shard %d: %d failure(s) got no request, a limit was reached (%s); the journal is kept: a "
+                    "rerun asks only for them", index, limited,
+                    ", ".join(f"{r} {n}" for r, n in stats.error_reasons.items() if r.startswith(LIMITED_PREFIX)))
     else:
         shard.journal.clear()  # the shard is complete: nothing left to resume
     log.info("shard %d: %s", index, stats.counts.model_dump())

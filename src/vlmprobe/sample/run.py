@@ -19,7 +19,9 @@ drops keys with fewer distinct failures; both are counted and listed in ``shards
 Duplicates (same image, same key) are kept once and counted. With ``embed_images`` each record
 carries its image as base64, read and encoded in a thread pool; a record whose image cannot be
 read goes to ``errors/sample.jsonl``. Every input record is counted in exactly one of sampled,
-errors, over_cap, duplicates, below_min_per_key, over_category_cap.
+errors, over_cap, duplicates, below_min_per_key, over_category_cap, over_qa_reservation (more
+verified failures than QA's reservation in the night's plan pays for: the sample is capped there,
+balanced across keys, so QA never starts requests it cannot pay for).
 
 ``sample/shards.json`` (:class:`vlmprobe.contracts.ShardPlan`, with its ``schema_version``) plans
 the QA shards: contiguous, balanced by estimated request tokens, each with its byte range so a
@@ -209,7 +211,10 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{layout.probe_success} is missing: step 1 (probe) has not finished for run date "
             f"{cfg.run_date}; run or rerun probe first")
-    files: list[str] = list(ProbeSuccess.read(layout.probe_success).failure_files)
+    success = ProbeSuccess.read(layout.probe_success)
+    files: list[str] = list(success.failure_files)
+    night = success.night_plan
+    qa_cap = night.qa_failures if night is not None else None  # what QA's reservation pays for
     removed = layout.invalidate("sample")
     if removed:
         log.info("rerun: removed %d stale output(s) of sample_keys and later steps", len(removed))
@@ -248,7 +253,7 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         too_many = _too_many(bad_records, seen, cfg.max_error_rate)
         # When too_many, the error rows are still written (the with block ends normally), then the
         # step fails below with one message; nothing else is written.
-        selection = sampler.selection(cfg.min_per_key, cfg.max_per_category)
+        selection = sampler.selection(cfg.min_per_key, cfg.max_per_category, qa_cap)
         del sampler
         per_key = _per_key_table(selection)
         file, offset, length, tokens, mode = array("H"), array("Q"), array("I"), array("I"), array("B")
@@ -283,9 +288,10 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         over_category_cap=sum(r.over_category_cap for r in per_key.values()),
         keys=len(per_key),
         keys_sampled=sum(1 for r in per_key.values() if r.kept),
+        over_qa_reservation=sum(r.over_qa_reservation for r in per_key.values()),
     )
     accounted = (counts.sampled + counts.errors + counts.over_cap + counts.duplicates + counts.below_min_per_key
-                 + counts.over_category_cap)
+                 + counts.over_category_cap + counts.over_qa_reservation)
     if accounted != seen:
         raise RuntimeError(f"sample_keys lost records: {seen} read, {accounted} accounted for: {counts.model_dump()}")
     plan = ShardPlan(
@@ -305,8 +311,12 @@ def sample_keys(cfg: SampleConfig) -> dict[str, Any]:
         min_per_key=cfg.min_per_key,
         max_per_category=cfg.max_per_category,
         seed=cfg.seed,
+        qa_reserved_requests=None if night is None else night.qa_requests,
     )
     plan.write(layout.shard_plan)
+    if counts.over_qa_reservation:
+        log.warning("QA's reservation pays for %d failure(s): %d verified failure(s) left out of the sample "
+                    "(balanced across keys)", qa_cap, counts.over_qa_reservation)
     log.info("sampled %d of %d failures over %d key(s) into %d shard(s); %d duplicate(s), %d error(s)",
              sampled, seen, counts.keys, len(shards), counts.duplicates, counts.errors)
     # The plan minus the per-key tables: small enough for XCom at the 256-shard bound.
@@ -393,5 +403,6 @@ def _per_key_table(selection: Any) -> dict[str, KeyCounts]:
     return {key: KeyCounts(seen=n, kept=selection.count(key), duplicates=selection.duplicates(key),
                            over_cap=selection.over_cap.get(key, 0),
                            over_category_cap=selection.over_category_cap.get(key, 0),
-                           below_min_per_key=selection.below_min.get(key, 0))
+                           below_min_per_key=selection.below_min.get(key, 0),
+                           over_qa_reservation=selection.over_total_cap.get(key, 0))
             for key, n in sorted(selection.seen.items())}

@@ -133,8 +133,10 @@ class KeySampler:
         for state in self.keys.values():
             self._compact(state)
 
-    def selection(self, min_per_key: int = 1, max_per_category: int = 0) -> Selection:
-        """The final choice, after :meth:`finish`: candidates per key, and what was left out why."""
+    def selection(self, min_per_key: int = 1, max_per_category: int = 0, max_total: int | None = None) -> Selection:
+        """The final choice, after :meth:`finish`: candidates per key, and what was left out why.
+
+        ``max_total``: at most this many candidates in all (QA's reservation), balanced across keys."""
         self.finish()
         sel = Selection()
         per_category: dict[str, list[str]] = defaultdict(list)
@@ -150,22 +152,30 @@ class KeySampler:
             sel.kept[key] = state.words
         if max_per_category:
             for keys in per_category.values():
-                # round-robin over the category's keys in hash order: the i-th pick of every key
-                # before any key's (i+1)-th, so a capped category stays balanced across its keys
-                ranked = sorted((i // 3, sel.kept[key][i] >> 16, key) for key in keys
-                                for i in range(0, len(sel.kept[key]), 3))
-                cut = {(key, i) for i, _, key in ranked[max_per_category:]}
-                for key in keys:
-                    words, keep, drop = sel.kept[key], array("Q"), 0
-                    for i in range(0, len(words), 3):
-                        if (key, i // 3) in cut:
-                            drop += 1 + (words[i + 2] & MAX_DUPS)
-                        else:
-                            keep.extend(words[i:i + 3])
-                    sel.kept[key] = keep
-                    if drop:
-                        sel.over_category_cap[key] = drop
+                _cap(sel, keys, max_per_category, sel.over_category_cap)
+        if max_total is not None:
+            _cap(sel, list(sel.kept), max_total, sel.over_total_cap)
         return sel
+
+
+def _cap(sel: Selection, keys: list[str], limit: int, dropped: dict[str, int]) -> None:
+    """Keep at most ``limit`` candidates of ``keys``, round-robin in hash order: the i-th pick of
+    every key before any key's (i+1)-th, so the capped keys stay balanced; ``dropped`` counts the
+    rest (duplicates of a dropped candidate included) per key."""
+    ranked = sorted((i // 3, sel.kept[key][i] >> 16, key) for key in keys for i in range(0, len(sel.kept[key]), 3))
+    cut = {(key, i) for i, _, key in ranked[limit:]}
+    if not cut:
+        return
+    for key in keys:
+        words, keep, drop = sel.kept[key], array("Q"), 0
+        for i in range(0, len(words), 3):
+            if (key, i // 3) in cut:
+                drop += 1 + (words[i + 2] & MAX_DUPS)
+            else:
+                keep.extend(words[i:i + 3])
+        sel.kept[key] = keep
+        if drop:
+            dropped[key] = dropped.get(key, 0) + drop
 
 
 class Selection:
@@ -177,6 +187,7 @@ class Selection:
         self.over_cap: dict[str, int] = {}
         self.below_min: dict[str, int] = {}
         self.over_category_cap: dict[str, int] = {}
+        self.over_total_cap: dict[str, int] = {}  # left out: more than QA's reservation pays for
 
     def candidates(self) -> Iterator[tuple[str, Candidate]]:
         """(key, candidate) in output order: keys sorted, then by hash."""

@@ -61,7 +61,7 @@ from google.genai import errors
 from vlmprobe.errors import QuotaExhausted
 from vlmprobe.teacher.answers import RejectedOutput, parsed_or_reject
 from vlmprobe.teacher.flow import AdaptiveConcurrency
-from vlmprobe.teacher.quota import QuotaLimits, RunQuota
+from vlmprobe.teacher.quota import ProjectScope, QuotaLimits, RunQuota
 from vlmprobe.teacher.request import (
     DEFAULT_MAX_OUTPUT_TOKENS, contents_of, generation_config, http_options, thinking_budget_for,
 )
@@ -98,7 +98,9 @@ class Teacher:
     flex; flex raises a retry window shorter than an hour). ``limits`` are
     the run-wide quota and budget, shared with the other processes whose leases are in
     ``quota_folder`` (the run's ``_teacher`` folder; None: alone); ``process`` names this process
-    there, stably across attempts, and renews its lease every ``heartbeat_s``.
+    there, stably across attempts, and renews its lease every ``heartbeat_s``; ``project`` puts
+    the daily count and the leases in the Gemini project's shared ledger (every run of the
+    deployment) and caps the step at its reservation (:class:`~vlmprobe.teacher.quota.ProjectScope`).
     ``thinking_budget`` (None: the model's default), ``max_output_tokens`` per request kind and
     ``image_max_side`` (0: no downscaling) bound the bill. The circuit breaker opens when more
     than ``breaker_ratio`` of the last ``breaker_window`` finished requests failed after their
@@ -126,6 +128,7 @@ class Teacher:
         breaker_window: int = 20,
         breaker_ratio: float = 0.5,
         service_tier: str = "standard",
+        project: ProjectScope | None = None,
     ) -> None:
         api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         if not api_key:
@@ -152,7 +155,7 @@ class Teacher:
                         model, service_tier, timeout_s, self.timeout_s)
         self.limits = limits or QuotaLimits()
         self.quota = RunQuota(self.limits, quota_folder, process or f"{socket.gethostname()}-{os.getpid()}",
-                              heartbeat_s=heartbeat_s, ttl_s=max(30.0, 6 * heartbeat_s))
+                              project=project, heartbeat_s=heartbeat_s, ttl_s=max(30.0, 6 * heartbeat_s))
         self.thinking_budget = thinking_budget_for(model, thinking_budget)
         if thinking_budget is not None and self.thinking_budget not in (None, thinking_budget):
             logger.warning("%s: thinking_budget %d is outside what the model allows; sending %d "
@@ -183,6 +186,11 @@ class Teacher:
         self._ledger = Ledger(model)  # tokens and estimated cost of this process's answers, per tier
         self._served: Counter[str] = Counter()  # answers by the tier that served them
         self._unpriced_warned = False
+
+    @property
+    def expected_latency_s(self) -> float:
+        """Seconds an answer takes, as last measured (an average; the tier's guess before the first)."""
+        return self._latency
 
     def __repr__(self) -> str:
         tier = "" if self.service_tier == "standard" else f", service_tier={self.service_tier!r}"

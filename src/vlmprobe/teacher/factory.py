@@ -27,19 +27,27 @@ def process_name(cfg: Any) -> str:
 
 
 def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | None = None,
-                 service_tier: str | None = None):
+                 service_tier: str | None = None, step_cap: int | None = None,
+                 max_cost_usd: float | None = None):
     """A :class:`~vlmprobe.teacher.client.Teacher` for a config with the TeacherSettings fields.
 
     ``process`` and ``quota_folder`` default to :func:`process_name` and :func:`teacher_folder`;
     ``service_tier`` to the config's ``teacher_service_tier`` when it has one, else standard (the
     tier raises a timeout or retry window too short for it: see ``TIER_TIMING``).
+
+    The daily count and the leases live in the Gemini project's shared ledger
+    (:func:`vlmprobe.teacher.daily.project_folder` of ``output_uri`` and ``teacher_project``);
+    ``step_cap`` is the requests the night's plan reserved for this step (None: no cap) and
+    ``max_cost_usd`` this process's spend cap (default: the config's, the run's budget).
     """
+    from vlmprobe.teacher.daily import project_folder
     from vlmprobe.teacher.client import Teacher
-    from vlmprobe.teacher.quota import QuotaLimits
+    from vlmprobe.teacher.quota import ProjectScope, QuotaLimits
     from vlmprobe.teacher.retry import RetryPolicy
 
     limits = QuotaLimits(rpm=cfg.teacher_rpm, tpm=cfg.teacher_tpm, rpd=cfg.teacher_rpd,
-                         max_cost_usd=cfg.max_cost_usd)
+                         max_cost_usd=cfg.max_cost_usd if max_cost_usd is None else max_cost_usd)
+    project = ProjectScope(project_folder(cfg.output_uri, cfg.teacher_project), cfg.run_date, step_cap)
     retry = RetryPolicy(window_s=cfg.teacher_retry_window_s, max_attempts=cfg.max_attempts or None)
     return Teacher(
         cfg.gemini_model,
@@ -55,4 +63,5 @@ def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | No
                            "qa": cfg.max_output_tokens_qa},
         image_max_side=cfg.teacher_image_max_side,
         service_tier=service_tier or getattr(cfg, "teacher_service_tier", None) or "standard",
+        project=project,
     )

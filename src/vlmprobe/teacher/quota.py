@@ -116,6 +116,20 @@ class QuotaLimits:
             raise ValueError("period_s must be > 0 and headroom within [0, 1).")
 
 
+@dataclass(frozen=True)
+class ProjectScope:
+    """Where the project's shared files live (:mod:`vlmprobe.teacher.daily`) and this run's place there.
+
+    ``folder``: ``{output_uri}/_teacher/projects/{teacher_project}``; ``run_date``: this run's;
+    ``step_cap``: requests this process's step of the run may send in all (its reservation in the
+    night's plan), None for no cap.
+    """
+
+    folder: str
+    run_date: str
+    step_cap: int | None = None
+
+
 def _safe_name(process: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", process).strip("-.")
     if not name:
@@ -132,12 +146,13 @@ class RunQuota:
     """
 
     def __init__(self, limits: QuotaLimits, folder: str | None, process: str, *,
-                 heartbeat_s: float = 5.0, ttl_s: float = 30.0) -> None:
+                 project: ProjectScope | None = None, heartbeat_s: float = 5.0, ttl_s: float = 30.0) -> None:
         if heartbeat_s <= 0 or ttl_s <= heartbeat_s:
             raise ValueError("heartbeat_s must be > 0 and ttl_s > heartbeat_s.")
         self.limits = limits
         self.folder = folder.rstrip("/") if folder else None
         self.process = _safe_name(process)
+        self.project = project if self.folder is not None else None
         self.heartbeat_s = heartbeat_s
         self.ttl_s = ttl_s
         self.requests = RateLimiter()  # requests per second of this process
@@ -152,6 +167,8 @@ class RunQuota:
         self._others_cost = 0.0
         self._others_cache: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._day_allowance = math.inf
+        self._day_total = 0  # project mode: the day's requests counted by every run at the last heartbeat
+        self._others_step = 0  # project mode: this run's step's requests by the other processes, all days
         self._started_at = 0.0
         self._task: asyncio.Task | None = None
         self._closing: asyncio.Event | None = None
@@ -162,7 +179,13 @@ class RunQuota:
 
     # -- paths --------------------------------------------------------------------------------
     def _lease_uri(self, process: str | None = None) -> str:
+        if self.project is not None:  # project-wide: every run's processes share the per-minute quota
+            return f"{self.project.folder}/leases/{self.project.run_date}.{process or self.process}.json"
         return f"{self.folder}/leases/{process or self.process}.json"
+
+    def _day_uri(self, day: str) -> str:
+        assert self.project is not None
+        return f"{self.project.folder}/{day}/{self.project.run_date}.{self.process}.json"
 
     def _ledger_uri(self, process: str | None = None) -> str:
         return f"{self.folder}/ledgers/{process or self.process}.json"
@@ -192,9 +215,8 @@ class RunQuota:
         remaining = max(self.limits.rpd - mine - others, 0)
         share, extra = divmod(remaining, live)
         share += 1 if rank < extra else 0
-        if self.limits.rpm:
-            share = min(share, math.ceil(self.limits.rpm / live / self.limits.period_s * 2 * self.heartbeat_s) + 1)
-        return mine + share
+        burst = self._burst(live)
+        return mine + (share if burst is None else min(share, burst))
 
     # -- accounting ---------------------------------------------------------------------------
     def requests_today(self, day: str | None = None) -> int:
@@ -202,9 +224,14 @@ class RunQuota:
         return int(self._ledger["requests_by_day"].get(day or pacific_day(), 0))
 
     def run_requests_today(self) -> int:
-        """The run's requests today as last seen: the other ledgers at the last heartbeat plus ours now."""
+        """The run's requests today as last seen: the other ledgers at the last heartbeat plus ours now
+        (with a project scope: every run's requests today, the project's count)."""
         day = pacific_day()
         return self._others_by_day.get(day, 0) + self.requests_today(day)
+
+    def step_requests(self) -> int:
+        """Project mode: this run's step's requests in all, ours now plus the others' at the last heartbeat."""
+        return self._others_step + sum(int(n) for n in self._ledger["requests_by_day"].values())
 
     def count_request(self) -> None:
         """One request sent (it counts toward the daily quota whatever its answer)."""
@@ -241,10 +268,18 @@ class RunQuota:
         day = pacific_day()
         mine = self.requests_today(day)
         total = mine + self._others_by_day.get(day, 0)
+        whose = "the run's"
+        if self.project is not None:
+            step_cap = self.project.step_cap
+            if step_cap is not None and self.step_requests() >= step_cap:
+                raise QuotaExhausted(
+                    f"the night's reservation for this step is used: {self.step_requests()} of {step_cap} requests "
+                    f"(the plan reserved them within teacher_rpd={self.limits.rpd})", resets_at=next_pacific_midnight())
+            total, whose = mine + self._day_total, "the project's"
         if total >= self.limits.rpd:  # counted requests only: reservations may still be given back
             resets = next_pacific_midnight()
             raise QuotaExhausted(
-                f"the run's daily teacher quota is spent: {total} requests today (Pacific time) against "
+                f"{whose} daily teacher quota is spent: {total} requests today (Pacific time) against "
                 f"teacher_rpd={self.limits.rpd}; it resets at {resets.isoformat()}", resets_at=resets)
         return mine < self._day_allowance
 
@@ -289,13 +324,15 @@ class RunQuota:
         async with self._lock:
             ledger, dirty = json.loads(json.dumps(self._ledger)), self._dirty
             self._dirty = False
+            exchange = self._exchange if self.project is None else self._exchange_project
             try:
-                seen = await asyncio.to_thread(self._exchange, ledger, dirty)
+                seen = await asyncio.to_thread(exchange, ledger, dirty)
             except BaseException:
                 self._dirty = self._dirty or dirty
                 raise
             live_names, self._others_by_day, self._others_reserved, self._others_cost, reserved = seen
-            self.live, self._rank = len(live_names), live_names.index(self.process)
+            me = self.process if self.project is None else f"{self.project.run_date}.{self.process}"
+            self.live, self._rank = len(live_names), live_names.index(me)
             if reserved is not None:
                 self._ledger["reserved"] = reserved
                 self._day_allowance = reserved["requests"]
@@ -374,18 +411,7 @@ class RunQuota:
         self._write_json(self._lease_uri(), {"process": self.process, "host": socket.gethostname(), "pid": os.getpid(),
                                        "heartbeat_at": now.isoformat(), "rpm_share": self.rpm_share,
                                        "tpm_share": self.tpm_share})
-        leases = self._list("leases")
-        mine = leases.get(self.process)
-        reference = mine[0] if mine and mine[0] is not None else now.timestamp()
-        reference = max([reference, *(m for m, _ in leases.values() if m is not None)])
-        live = {self.process}
-        for process, (mtime, uri) in leases.items():
-            if process == self.process:
-                continue
-            if mtime is None:
-                mtime = self._heartbeat_of(uri)
-            if mtime is not None and reference - mtime <= self.ttl_s:
-                live.add(process)
+        live = self._live_leases(self._list("leases"), self.process, now)
         today = pacific_day(now)
         others_by_day: dict[str, int] = {}
         others_reserved = 0
@@ -413,13 +439,85 @@ class RunQuota:
             self._write_json(self._ledger_uri(), {**ledger, "updated_at": now.isoformat()})
         return names, others_by_day, others_reserved, others_cost, reservation
 
-    def _list(self, sub: str) -> dict[str, tuple[float | None, str]]:
-        """``{process: (mtime as a POSIX timestamp or None, uri)}`` of the JSON files in ``sub``."""
+    def _live_leases(self, leases: dict[str, tuple[float | None, str]], me: str, now: dt.datetime) -> set[str]:
+        """The names of the leases renewed within ``ttl_s`` of the newest one (``me`` always)."""
+        mine = leases.get(me)
+        reference = mine[0] if mine and mine[0] is not None else now.timestamp()
+        reference = max([reference, *(m for m, _ in leases.values() if m is not None)])
+        live = {me}
+        for name, (mtime, uri) in leases.items():
+            if name == me:
+                continue
+            if mtime is None:
+                mtime = self._heartbeat_of(uri)
+            if mtime is not None and reference - mtime <= self.ttl_s:
+                live.add(name)
+        return live
+
+    def _exchange_project(self, ledger: dict[str, Any], dirty: bool
+                          ) -> tuple[list[str], dict[str, int], int, float, dict[str, Any] | None]:
+        """One heartbeat with a project scope (:mod:`vlmprobe.teacher.daily`): our lease among every
+        run's, our run's ledgers (spend, this step's requests), the project's day folder; then our
+        reservation for today written to our day file before we use it."""
+        from vlmprobe.teacher.daily import pool_allowance, read_day, step_of
+
+        assert self.project is not None
+        now = dt.datetime.now(dt.timezone.utc)
+        me = f"{self.project.run_date}.{self.process}"
+        self._write_json(self._lease_uri(), {"process": self.process, "run_date": self.project.run_date,
+                                             "host": socket.gethostname(), "pid": os.getpid(),
+                                             "heartbeat_at": now.isoformat(), "rpm_share": self.rpm_share,
+                                             "tpm_share": self.tpm_share})
+        live = self._live_leases(self._list("leases", self.project.folder), me, now)
+        others_cost, others_step = 0.0, 0
+        step = step_of(self.process)
+        for process, (mtime, uri) in self._list("ledgers").items():
+            if process == self.process:
+                continue
+            data = self._read_cached(uri, mtime)
+            others_cost += float(data.get("cost_usd") or 0.0)
+            if step_of(process) == step:
+                others_step += sum(int(n) for n in (data.get("requests_by_day") or {}).values())
+        today = pacific_day(now)
+        mine_today = int(ledger["requests_by_day"].get(today, 0))
+        entries = [(uri.rsplit("/", 1)[1], self._read_cached(uri, mtime))
+                   for name, (mtime, uri) in self._list(today, self.project.folder).items()
+                   if name != me]
+        day = read_day(entries)
+        others_today = day.total
+        self._day_total, self._others_step = others_today, others_step
+        reservation = None
+        if self.limits.rpd:
+            pairs = [tuple(name.split(".", 1)) for name in live]
+            cap = self.project.step_cap
+            cap_left = None if cap is None else cap - others_step - sum(int(n) for n in ledger["requests_by_day"].values())
+            day.counts[(self.project.run_date, self.process)] = mine_today
+            allowance = pool_allowance(day, self.limits.rpd, self.project.run_date, self.process, pairs,
+                                       step_cap_left=cap_left, burst=self._burst(len(live)))
+            reservation = {"day": today, "requests": allowance}
+            dirty = dirty or ledger.get("reserved") != reservation
+            ledger["reserved"] = reservation
+            if dirty:
+                self._write_json(self._day_uri(today), {"requests": mine_today, "reserved": allowance,
+                                                        "updated_at": now.isoformat()})
+        if dirty:
+            self._write_json(self._ledger_uri(), {**ledger, "updated_at": now.isoformat()})
+        return sorted(live), {today: others_today}, 0, others_cost, reservation
+
+    def _burst(self, live: int) -> int | None:
+        """Requests a process may reserve above its count: what it can send in two heartbeats."""
+        if not self.limits.rpm:
+            return None
+        return math.ceil(self.limits.rpm / live / self.limits.period_s * 2 * self.heartbeat_s) + 1
+
+    def _list(self, sub: str, root: str | None = None) -> dict[str, tuple[float | None, str]]:
+        """``{name: (mtime as a POSIX timestamp or None, uri)}`` of the JSON files in ``sub`` of
+        ``root`` (the run's folder by default); names end before ``.json``."""
         from pyarrow import fs as pafs
 
         from vlmprobe.io.fs import resolve
 
-        base = f"{self.folder}/{sub}"
+        base = f"{root or self.folder}/{sub}"
         filesystem, path = resolve(base)
         try:
             infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
@@ -461,7 +559,12 @@ class RunQuota:
 
         # Give back what we reserved and did not use: the others may send it.
         final = {k: v for k, v in self._ledger.items() if k != "reserved"}
-        self._write_json(self._ledger_uri(), {**final, "updated_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+        now = dt.datetime.now(dt.timezone.utc)
+        self._write_json(self._ledger_uri(), {**final, "updated_at": now.isoformat()})
         self._dirty = False
+        if self.project is not None and self.limits.rpd:
+            today = pacific_day(now)
+            count = self.requests_today(today)
+            self._write_json(self._day_uri(today), {"requests": count, "reserved": count, "updated_at": now.isoformat()})
         lease = self._lease_uri()
         self._spaced(lease, lambda: remove_file(lease))
