@@ -287,13 +287,13 @@ PARAM_SPECS.update({
                     "(limited_by time), so the GPUs are not held waiting for the teacher.",
     ),
     "probe_min_tail_s": dict(
-        default=60.0,
+        default=30.0,
         type="number",
         minimum=0,
         maximum=86_400,
         section=TEACHER,
         description="Seconds the probe's teacher may go on after the GPU pass however short the pass "
-                    "(a small run's explanations need a minute of latency and retries).",
+                    "(the last answers' latency and a retry).",
     ),
     "max_cost_usd": dict(
         default=0.0,
