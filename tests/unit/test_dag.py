@@ -89,6 +89,7 @@ def test_params_are_typed_bounded_described(dag):
                  "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher
     expected |= {"max_new_tokens", "qa_target_check", "qa_keep"}  # target (issue 9)
     expected |= {"min_per_key", "max_per_category"}  # data (issue 8)
+    expected |= {"target_revision", "force"}  # the target's pinned commit, rerunning a finished probe (issue 15)
     params = dag.params
     assert set(params.keys()) == expected
     for name in params.keys():
@@ -99,7 +100,7 @@ def test_params_are_typed_bounded_described(dag):
         if t in ("integer", "number"):
             assert "minimum" in p.schema and "maximum" in p.schema, name
         elif t == "string":
-            assert "enum" in p.schema or p.schema.get("minLength") == 1, name
+            assert "enum" in p.schema or p.schema.get("minLength") == 1 or "pattern" in p.schema, name
     assert params.get_param("error_output_format").schema["enum"] == ["jsonl", "json"]
     assert "{run_date}" in params.get_param("input_uri").description
 
