@@ -199,6 +199,7 @@ class ProbeRankStats(_Part):
     pipeline: RankPipeline
     finished_at: float
     elapsed_s: float
+    oom_halvings: int = 0  # times the target ran out of GPU memory and the rank halved its batch
 
 
 class ProbeSuccess(Contract):
@@ -224,6 +225,13 @@ class ProbeSuccess(Contract):
     ranks: list[ProbeRankStats]
     started_at: str
     elapsed_s: float
+    # issue 15: the target's pinned commit (None: a local folder or a server), the ranks' OOM
+    # halvings summed, and what a retry compares to skip a probe that already succeeded
+    # (vlmprobe.probe.skip): the work plan's and the resume fingerprint's hashes.
+    target_revision: str | None = None
+    oom_halvings: int = 0
+    work_plan_sha256: str | None = None
+    fingerprint: str | None = None
 
 
 # -- the resume journals' headers -----------------------------------------------------------------
@@ -266,6 +274,7 @@ class ProbeJournalHeader(JournalHeader):
     teacher_image_max_side: int
     max_output_tokens_factor: int
     max_output_tokens_verify: int
+    target_revision: str = ""  # the target's pinned commit; "" for a local folder or a server
 
 
 class QAJournalHeader(JournalHeader):
@@ -389,6 +398,7 @@ class TargetCheckStats(_Part):
     device: str | None
     busy_s: float
     batches: int
+    oom_halvings: int = 0  # times the target ran out of GPU memory and the check halved its batch
 
 
 class QAShardStats(Contract):
@@ -499,6 +509,7 @@ class ManifestProbe(_Part):
     input_files: int  # how many
     elapsed_s: float
     tokens: dict[str, int]
+    oom_halvings: int = 0  # the ranks' batch halvings after the target ran out of GPU memory
 
 
 class ManifestSample(_Part):

@@ -23,7 +23,8 @@ from vlmprobe.io.parquet import InputCounts, WorkUnit
 from vlmprobe.probe.loop import RankProbe
 from vlmprobe.probe.pipeline import summarize
 from vlmprobe.probe.plan import WorkPlan
-from vlmprobe.probe.resume import RETRIED_REASONS, ProbeJournal
+from vlmprobe.probe.resume import RETRIED_REASONS, ProbeJournal, fingerprint_settings
+from vlmprobe.probe.skip import stamp
 
 log = logging.getLogger("vlmprobe.probe")
 
@@ -63,6 +64,7 @@ def write_rank_outputs(cfg: ProbeConfig, layout: RunLayout, rank: int, journal: 
         pipeline=RankPipeline(**probe.pipeline_stats.as_dict()),  # device busy time, waits, what bound the rank
         finished_at=round(finished_at, 3),
         elapsed_s=round(time.monotonic() - t0, 3),
+        oom_halvings=probe.oom_halvings,
     )
 
 
@@ -123,6 +125,7 @@ def finish_step(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: l
         started_at=started_at.isoformat(),
         elapsed_s=round(time.monotonic() - t0, 3),
     )
+    stamp(success, cfg.target_revision, plan, fingerprint_settings(cfg))  # revision, OOMs, skip keys
     success.write(layout.probe_success)
     retried = sum(reasons[r] for r in RETRIED_REASONS)
     if retried:  # budget_reached / target_error rows: a rerun probes only them, paying nothing twice

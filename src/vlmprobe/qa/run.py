@@ -199,7 +199,8 @@ def _open_shard(cfg: QAConfig) -> _Shard:
     if checking:
         from vlmprobe.vlm import load_target
 
-        target = load_target(cfg.target_model, max_new_tokens=cfg.max_new_tokens)  # before any Gemini request
+        # before any Gemini request; a hub id from its revision staged by the probe (vlmprobe.vlm.staging)
+        target = load_target(cfg.target_model, revision=cfg.target_revision or None, max_new_tokens=cfg.max_new_tokens)
         check = TargetCheck(target)
         log.info("target check on: QA items go to %s; qa_keep=%s", cfg.target_model, cfg.qa_keep)
     return _Shard(cfg, layout, plan, index, shard, journal, fp, done, check)
@@ -345,7 +346,8 @@ def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str]
                                       target_model=cfg.target_model if check is not None else None,
                                       device=None if device is None else str(device),
                                       busy_s=round(check.busy_s, 3) if check is not None else 0.0,
-                                      batches=check.batches if check is not None else 0),
+                                      batches=check.batches if check is not None else 0,
+                                      oom_halvings=check.oom_halvings if check is not None else 0),
         elapsed_s=round(time.monotonic() - t0, 3),
     )
     stats.write(layout.qa_stats(index))
