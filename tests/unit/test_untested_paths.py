@@ -91,10 +91,15 @@ def _published_run(tmp_path, demo_parquet):
     return lay, counts
 
 
-def test_publish_publishes_a_consistent_run(tmp_path, demo_parquet):
+def test_publish_publishes_a_consistent_run_with_the_probe_s_oom_halvings(tmp_path, demo_parquet):
     lay, _ = _published_run(tmp_path, demo_parquet)
+    success = ProbeSuccess.read(lay.probe_success)
+    success.oom_halvings = 3  # the ranks' halvings, summed by the probe
+    success.write(lay.probe_success)
     publish(PublishConfig(output_uri=str(tmp_path), run_date=RUN_DATE))
-    assert read_json(lay.manifest)["qa"]["counts"]["items"] == 14  # the baseline the refusals below break
+    manifest = read_json(lay.manifest)
+    assert manifest["qa"]["counts"]["items"] == 14  # the baseline the refusals below break
+    assert manifest["probe"]["oom_halvings"] == 3
 
 
 def test_publish_refuses_a_sample_that_is_not_the_probe_s_verified_failures(tmp_path, demo_parquet):
