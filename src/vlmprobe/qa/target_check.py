@@ -72,9 +72,10 @@ class TargetCheck:
     def submit(self, seq: int, image: Any, items: list[dict[str, Any]]) -> None:
         for j, item in enumerate(items):
             self._pending.append(((seq, j), image, item))
-        while len(self._pending) >= self.batch_items:
-            self._start(self._pending[: self.batch_items])
-            del self._pending[: self.batch_items]
+        # batch_items once per batch: the device thread may halve it between two reads
+        while len(self._pending) >= (n := self.batch_items):
+            self._start(self._pending[:n])
+            del self._pending[:n]
 
     def _start(self, batch: list) -> None:
         loop = asyncio.get_running_loop()
