@@ -113,7 +113,8 @@ class RankProbe:
     finishes; ``done`` (rows finished by earlier attempts, by file) are skipped before decoding.
     After :meth:`run`: ``input`` (rows read and lost), ``read_errors``, ``counts`` (this
     attempt's work: ``probed`` rows sent to the target, and the outcomes of this attempt; rows
-    finished before are counted from the journal), ``pipeline_stats``.
+    finished before are counted from the journal), ``pipeline_stats``, ``oom_halvings`` (times the
+    target ran out of GPU memory and ``batch_size`` was halved, :meth:`_infer`).
     """
 
     def __init__(self, cfg: ProbeConfig, rank: int, target, journal: ProbeJournal,

@@ -33,7 +33,9 @@ unless some rows ended as error rows a rerun should retry (``teacher_budget_reac
 
 The step fails (exit 2, outputs kept for inspection, no ``_SUCCESS.json``) when it read no row
 or lost more than ``max_error_rate`` of its input rows; with exit 1 (worth a retry: the failed
-rows are not recorded as done) when the target failed on more than ``max_error_rate`` of them.
+rows are not recorded as done) when the target failed on more than ``max_error_rate`` of them,
+or ran out of GPU memory on a single row (a batch that runs out of memory is halved first:
+:meth:`vlmprobe.probe.loop.RankProbe._infer`).
 Teacher errors that stop the step (dead key, unknown model, daily quota, open circuit) end it at
 once with their own exit code.
 """
