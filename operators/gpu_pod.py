@@ -6,7 +6,8 @@ the run's type and the deployment settings:
 - GPUs requested == limited, the GPU toleration, CPU and memory requests == limits from the
   settings (the probe's per GPU, times its GPU count at render time), a memory-backed
   ``/dev/shm``, the shared data volume and ``GEMINI_API_KEY`` from a Kubernetes Secret
-  (``secretKeyRef``, never a plain value);
+  (``secretKeyRef``, never a plain value); ``HF_HUB_OFFLINE=1``: the target's pinned revision
+  is staged once on the data volume and loaded from there (``vlmprobe.vlm.staging``);
 - Pod Security Standards "restricted": a numeric non-root user, the shared group as fsGroup,
   no privilege escalation, every capability dropped, seccomp ``RuntimeDefault``, a read-only
   root filesystem with writable emptyDirs for ``/tmp`` and the caches; no XCom sidecar (the
@@ -155,6 +156,9 @@ class GpuPodOperator(KubernetesPodOperator):
             k8s.V1EnvVar(name="TORCHINDUCTOR_CACHE_DIR", value=f"{CACHE_DIR}/torchinductor"),
             k8s.V1EnvVar(name="MPLCONFIGDIR", value=f"{CACHE_DIR}/matplotlib"),
             k8s.V1EnvVar(name="HF_HOME", value=f"{s.data_mount.rstrip('/')}/hf-cache"),
+            # The target loads from its revision staged under HF_HOME (vlmprobe.vlm.staging); no pod
+            # asks the hub what a name means at start. Local pod mode sets it too.
+            k8s.V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
         ]
         if s.gemini_base_url:
             env.append(k8s.V1EnvVar(name="GEMINI_BASE_URL", value=s.gemini_base_url))

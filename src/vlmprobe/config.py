@@ -61,7 +61,35 @@ class TeacherSettings(BaseModel):
     max_output_tokens_qa: int = Field(2048, ge=16, le=65_536, description="max_output_tokens of a QA request.")
 
 
-class ProbeConfig(StepConfig, TeacherSettings):
+class TargetPin(BaseModel):
+    """The target's pinned commit (issue 15): a 40-hex sha for a hub id, empty for a folder or a server."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_revision: str = param("target_revision")
+
+    @field_validator("target_revision")
+    @classmethod
+    def _sha_form(cls, v: str) -> str:
+        from vlmprobe.vlm.staging import REVISION
+
+        if v and not REVISION.fullmatch(v):
+            raise ValueError(f"{v!r} is not a commit sha: give the 40 lowercase hex digits of a commit")
+        return v
+
+    @model_validator(mode="after")
+    def _pinned_where_it_can_be(self) -> TargetPin:
+        # A hub id without a revision is refused where the target is loaded (the step configs are
+        # also built for steps and tests that never load it); a revision nothing can use, here.
+        from vlmprobe.vlm.staging import is_hub_id, revision_problem
+
+        target = getattr(self, "target_model", None)
+        if target is not None and self.target_revision and not is_hub_id(target):
+            raise ValueError(revision_problem(target, self.target_revision))
+        return self
+
+
+class ProbeConfig(StepConfig, TeacherSettings, TargetPin):
     input_uri: str = param("input_uri")
     target_model: str = param("target_model")
     seed: int = param("seed")
@@ -79,6 +107,7 @@ class ProbeConfig(StepConfig, TeacherSettings):
     # finished its rows waits for the slowest on a gloo group of its own, as long as the task may run.
     pg_timeout_s: int = Field(1800, ge=1, le=86400, description="Timeout of the ranks' start-up collectives "
                               "(the work plan broadcast): a rank that does not start fails the job after it.")
+    force: bool = param("force")
     finish_timeout_s: int = Field(86400, ge=1, le=7 * 86400, description="How long a rank that finished its "
                                   "rows waits for the slowest one; keep it at or above the probe task's "
                                   "execution_timeout (12 h in the DAG).")
@@ -108,7 +137,7 @@ class SampleConfig(StepConfig):
         return self
 
 
-class QAConfig(StepConfig, TeacherSettings):
+class QAConfig(StepConfig, TeacherSettings, TargetPin):
     shard_index: int = Field(ge=0, description="Which shard of sample/shards.json to process.")
     batch_size: int = param("batch_size")
     no_async: bool = param("no_async")

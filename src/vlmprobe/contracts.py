@@ -244,6 +244,8 @@ class ProbeRankStats(_Part):
     explain: ExplainStats | None = None
     unexplained_reasons: dict[str, int] = Field(default_factory=dict)
 
+    oom_halvings: int = 0  # times the target ran out of GPU memory and the rank halved its batch
+
 
 class CodeVersion(_Part):
     """The code that ran (:func:`vlmprobe.provenance.code_version`)."""
@@ -296,6 +298,13 @@ class ProbeSuccess(Contract):
     wrong_files: list[str] = Field(default_factory=list)  # every wrong answer, explained or not
     night_plan: NightPlan | None = None
     night: NightOutcome | None = None
+    # issue 15: the target's pinned commit (None: a local folder or a server), the ranks' OOM
+    # halvings summed, and what a retry compares to skip a probe that already succeeded
+    # (vlmprobe.probe.skip): the work plan's and the resume fingerprint's hashes.
+    target_revision: str | None = None
+    oom_halvings: int = 0
+    work_plan_sha256: str | None = None
+    fingerprint: str | None = None
 
 
 # -- the resume journals' headers -----------------------------------------------------------------
@@ -338,6 +347,7 @@ class ProbeJournalHeader(JournalHeader):
     teacher_image_max_side: int
     max_output_tokens_factor: int
     max_output_tokens_verify: int
+    target_revision: str = ""  # the target's pinned commit; "" for a local folder or a server
 
 
 class QAJournalHeader(JournalHeader):
@@ -465,6 +475,7 @@ class TargetCheckStats(_Part):
     device: str | None
     busy_s: float
     batches: int
+    oom_halvings: int = 0  # times the target ran out of GPU memory and the check halved its batch
 
 
 class QAShardParquet(_Part):
@@ -584,6 +595,7 @@ class ManifestProbe(_Part):
     input_files: int  # how many
     elapsed_s: float
     tokens: dict[str, int]
+    oom_halvings: int = 0  # the ranks' batch halvings after the target ran out of GPU memory
 
 
 class ManifestSample(_Part):

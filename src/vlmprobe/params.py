@@ -308,6 +308,26 @@ PARAM_SPECS.update({
 })
 
 
+# --- the target's pinned revision, and rerunning a finished probe (issue 15) ----------------------
+PARAM_SPECS.update({
+    "target_revision": dict(
+        default="",
+        type="string",
+        pattern=r"^([0-9a-f]{40})?$",
+        section=DATA,
+        description="The commit (40-hex sha) of target_model on the Hugging Face hub: the weights are "
+                    "downloaded once per revision to the data volume and every pod loads that copy, offline. "
+                    "Required for a hub id; leave empty for a local folder or an openai: target.",
+    ),
+    "force": dict(
+        default=False,
+        type="boolean",
+        section=PROBE,
+        description="Rerun the probe even when its _SUCCESS.json already matches this run's work plan and "
+                    "settings (by default such a probe is skipped: nothing is paid twice).",
+    ),
+})
+
 def defaults() -> dict[str, Any]:
     """The default value of every param."""
     return {name: spec["default"] for name, spec in PARAM_SPECS.items()}

@@ -4,7 +4,8 @@
 otherwise be ignored and the default used), naming the closest valid key. :func:`preflight` runs
 before the probe pod is created — its GPUs are the expensive part — and checks, cheaply:
 
-1. the conf's keys, and the form of ``input_uri`` / ``output_uri`` (allowed schemes);
+1. the conf's keys, and the form of ``input_uri`` / ``output_uri`` (allowed schemes); a hub-id
+   ``target_model`` pinned by ``target_revision`` (:mod:`vlmprobe.vlm.staging`);
 2. ``input_uri``, after ``{run_date}`` expansion, exists and holds ``.parquet`` files;
 3. ``output_uri`` is writable: a marker file is created under ``{output_uri}/{run_date}/`` and
    deleted again.
@@ -107,9 +108,18 @@ def check_output_writable(output_uri: str, run_date: str) -> None:
     log.info("output %s is writable", join(output_uri, run_date))
 
 
+def check_target_pin(params: Mapping[str, Any]) -> None:
+    """Raise :class:`UsageError` when the target cannot be loaded as pinned (a hub id needs a commit sha)."""
+    from vlmprobe.vlm.staging import revision_problem
+
+    if problem := revision_problem(str(params.get("target_model") or ""), params.get("target_revision")):
+        raise UsageError(problem)
+
+
 def check_probe(params: Mapping[str, Any], conf: Mapping[str, Any] | None, run_date: str) -> None:
     """Everything the probe pod would find out too late, as :class:`VlmprobeError`\\ s."""
     check_conf(params, conf)
+    check_target_pin(params)
     check_input(str(params["input_uri"]), run_date)
     check_output_writable(str(params["output_uri"]), run_date)
 

@@ -31,7 +31,7 @@ def test_cuda_target_loads_onto_its_gpu_in_bf16_with_sdpa(tiny_llava, demo_rows)
     assert batch.pixel_values.is_pinned() and batch.pixel_values.dtype == torch.bfloat16
     batched = target.run(batch)
     single = [target.answer([i], [q], [c])[0] for i, q, c in zip(images, questions, choices)]
-    assert len(batched) == 6 and all(a in c for a, c in zip(batched, choices) if c)
+    assert any(choices) and len(batched) == 6 and all(a in c for a, c in zip(batched, choices) if c)
     # bf16 kernels may differ slightly between batch shapes; most answers must agree
     assert sum(a == b for a, b in zip(batched, single)) >= 4
 

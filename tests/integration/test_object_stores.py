@@ -243,3 +243,30 @@ def test_credentials_and_endpoint_come_from_the_environment(store):
     assert isinstance(fs, pafs.S3FileSystem if store.scheme == "s3" else pafs.GcsFileSystem)
     write_json(store.uri("env-check.json"), {"ok": True})
     assert json.loads(read_bytes(store.uri("env-check.json"))) == {"ok": True}
+
+
+def test_the_preflight_checks_input_and_output_on_the_store(store, demo_parquet):
+    """The probe's Airflow-side preflight against gs:// and s3:// (issue 15): a dated input found, a marker
+    written and deleted under the output; a missing or parquet-less input fails without a retry."""
+    import types
+
+    import pendulum
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from vlmprobe.params import defaults
+    from vlmprobe.preflight import preflight
+
+    root = _fresh(store, "preflight")
+    for f in sorted(Path(demo_parquet).glob("*.parquet")):
+        write_bytes(f"{root}/in/{RUN_DATE}/{f.name}", f.read_bytes())
+    write_bytes(f"{root}/notes/{RUN_DATE}/notes.txt", b"no parquet here")
+    night = pendulum.datetime(2026, 11, 25, 2, tz="UTC")
+    run = types.SimpleNamespace(data_interval_start=night, logical_date=night, run_after=None, conf={})
+    params = {**defaults(), "target_model": "/models/tiny", "input_uri": f"{root}/in/{{run_date}}",
+              "output_uri": f"{root}/out"}
+    preflight({"params": params, "dag_run": run})
+    assert list_all(f"{root}/out") == []  # the marker is gone again
+    with pytest.raises(AirflowFailException, match=rf"input {root}/missing/{RUN_DATE} .* does not exist"):
+        preflight({"params": {**params, "input_uri": f"{root}/missing/{{run_date}}"}, "dag_run": run})
+    with pytest.raises(AirflowFailException, match=rf"input {root}/notes/{RUN_DATE} .* holds no .parquet files"):
+        preflight({"params": {**params, "input_uri": f"{root}/notes/{{run_date}}"}, "dag_run": run})

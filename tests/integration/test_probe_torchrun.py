@@ -25,12 +25,12 @@ RUN_DATE = "2026-11-25"
 BIN = Path(sys.executable).parent
 
 
-def _torchrun(nproc: int, out: Path, parquet: str, model: str, sim, sample_size: int = 4):
+def _torchrun(nproc: int, out: Path, parquet: str, model: str, sim, sample_size: int = 4, *extra: str):
     """torchrun itself starting the ranks (the GPU tests use it too)."""
     cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "--no-python",
            str(BIN / "vlmprobe"), "probe", "--run-date", RUN_DATE, "--input-uri", parquet,
            "--output-uri", str(out), "--target-model", model, "--failure-batch-size", "5",
-           "--parquet-sample-size", str(sample_size), "--concurrency", "4", "--pg-timeout-s", "120"]
+           "--parquet-sample-size", str(sample_size), "--concurrency", "4", "--pg-timeout-s", "120", *extra]
     env = {**os.environ, "GEMINI_API_KEY": "k", "GEMINI_BASE_URL": sim.base_url,
            "VLMPROBE_XCOM_FILE": str(out / "xcom.json")}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -73,8 +73,14 @@ def test_two_ranks_probe_every_row_once(tmp_path, demo_parquet, tiny_llava, gemi
     assert read_json(str(tmp_path / "xcom.json"))["counts"] == c  # rank 0's return value for XCom
     assert success["pipeline"]["ranks"] == 2 and success["teacher"]["requests"] > 0
 
-    # a rerun with one rank replaces the outputs: no stale rank-00001 mixes in
+    # a retry of the finished probe (one rank now: the same work plan) is skipped, not paid again
+    paid = gemini_sim.stats()["requests"]
     proc = _torchrun(1, tmp_path, demo_parquet, tiny_llava, gemini_sim)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "probe already succeeded for this work plan" in proc.stderr and gemini_sim.stats()["requests"] == paid
+    assert read_json(str(root / "probe" / "_SUCCESS.json")) == success
+    # a forced rerun with one rank replaces the outputs: no stale rank-00001 mixes in
+    proc = _torchrun(1, tmp_path, demo_parquet, tiny_llava, gemini_sim, 4, "--force", "true")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (root / "probe").iterdir()) == ["_SUCCESS.json", "rank-00000.jsonl"]
     assert read_json(str(root / "probe" / "_SUCCESS.json"))["counts"]["rows"] == 48

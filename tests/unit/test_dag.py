@@ -92,6 +92,7 @@ def test_params_are_typed_bounded_described(dag):
     expected |= {"preset"}  # the seed's presets (issue 17)
     expected |= {"teacher_project", "expected_error_rate", "target_images_per_s", "probe_wall_factor",
                  "probe_min_tail_s"}  # the night's plan
+    expected |= {"target_revision", "force"}  # the target's pinned commit, rerunning a finished probe (issue 15)
     params = dag.params
     assert set(params.keys()) == expected
     for name in params.keys():
@@ -102,7 +103,7 @@ def test_params_are_typed_bounded_described(dag):
         if t in ("integer", "number"):
             assert "minimum" in p.schema and "maximum" in p.schema, name
         elif t == "string":
-            assert "enum" in p.schema or p.schema.get("minLength") == 1, name
+            assert "enum" in p.schema or p.schema.get("minLength") == 1 or "pattern" in p.schema, name
     assert params.get_param("error_output_format").schema["enum"] == ["jsonl", "json"]
     assert "{run_date}" in params.get_param("input_uri").description
 

@@ -14,8 +14,9 @@ from vlmprobe.config import ProbeConfig, PublishConfig, QAConfig, SampleConfig
 from vlmprobe.params import PARAM_SPECS, defaults
 
 RUN = pendulum.datetime(2026, 11, 25, 2, tz="UTC")
-STRINGS = {"input_uri": "/other/input", "output_uri": "/other/output", "target_model": "/models/other-llava",
-           "gemini_model": "gemini-2.5-pro", "teacher_project": "other-project"}
+STRINGS = {"input_uri": "/other/input", "output_uri": "/other/output", "target_model": "other-org/other-llava",
+           "gemini_model": "gemini-2.5-pro", "target_revision": "0123456789abcdef0123456789abcdef01234567",
+           "teacher_project": "other-project"}
 
 
 def _other_value(name: str, spec: dict):
@@ -66,7 +67,8 @@ def test_the_new_params_are_among_them():
     assert {"max_new_tokens", "teacher_rpm", "teacher_tpm", "teacher_rpd", "teacher_retry_window_s",
             "thinking_budget", "teacher_image_max_side", "max_cost_usd"} <= set(_step_params(ProbeConfig))
     assert {"target_model", "max_new_tokens", "qa_target_check", "qa_keep", "teacher_rpm", "thinking_budget",
-            "teacher_image_max_side", "max_cost_usd"} <= set(_step_params(QAConfig))
+            "teacher_image_max_side", "max_cost_usd", "target_revision"} <= set(_step_params(QAConfig))
+    assert {"target_revision", "force"} <= set(_step_params(ProbeConfig))
     assert "max_error_rate" in _step_params(PublishConfig) and "max_error_rate" in _step_params(SampleConfig)
 
 

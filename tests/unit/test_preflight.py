@@ -13,13 +13,15 @@ from vlmprobe.errors import InputError, UsageError
 from vlmprobe.params import defaults
 from vlmprobe.preflight import check_conf_keys, check_output_writable, preflight
 
+PINNED = "0123456789abcdef0123456789abcdef01234567"
 RUN = types.SimpleNamespace(data_interval_start=pendulum.datetime(2026, 11, 25, 2, tz="UTC"),
                             logical_date=pendulum.datetime(2026, 11, 25, 2, tz="UTC"), run_after=None, conf={})
 
 
 def _context(tmp_path, conf=None, **params):
     conf = conf or {}
-    merged = {**defaults(), "output_uri": str(tmp_path / "out"), **params, **conf}  # as Airflow merges them
+    # as Airflow merges them; the default hub-id target pinned as a deployment would pin it
+    merged = {**defaults(), "target_revision": PINNED, "output_uri": str(tmp_path / "out"), **params, **conf}
     return {"params": merged, "dag_run": types.SimpleNamespace(**{**vars(RUN), "conf": conf})}
 
 

@@ -52,6 +52,9 @@ def test_shard_writes_items_and_error_rows(tmp_path, demo_parquet, gemini_sim, n
                 assert it["answer"] in ("yes", "no")
             assert it["failure_id"] and it["image"]["uri"].endswith(".parquet")
     assert total_items > 0
+    # the checks of each answer type above ran on items of that type
+    assert {"multiple_choice", "yes_no"} <= {it["answer_type"] for s in plan["shards"]
+                                            for it in iter_jsonl(lay.qa_shard(s["shard_index"]))}
     all_errors = [e for s in plan["shards"] for e in iter_jsonl(lay.qa_errors(s["shard_index"]))]
     assert any(e["id"] == "ghost" and e["reason"] == "image_unreadable" for e in all_errors)
 

@@ -32,6 +32,7 @@ def test_every_item_is_put_to_the_target_and_qa_keep_picks_what_is_written(tmp_p
     assert items and c["items"] == c["items_generated"] == c["items_checked"] == len(items) == everything["counts"]["items"]
     assert all(isinstance(it["target_answer"], str) and isinstance(it["target_correct"], bool) for it in items)
     assert all(it["target_model"] == answering_llava for it in items)
+    assert any(it["choices"] for it in items)  # items the check below applies to exist
     for it in items:  # the target picks an option where the item has them, judged against the item's answer
         if it["choices"]:
             assert it["target_answer"] in it["choices"]

@@ -76,7 +76,8 @@ def test_the_preflight_fails_without_retry_on_a_403(tmp_path, demo_parquet, monk
         raise OSError(S3_403)
 
     monkeypatch.setattr(fs, "list_files", refuse)
-    params = {**defaults(), "input_uri": "s3://team-data/vqa/{run_date}", "output_uri": str(tmp_path / "out")}
+    params = {**defaults(), "input_uri": "s3://team-data/vqa/{run_date}", "output_uri": str(tmp_path / "out"),
+              "target_revision": "0123456789abcdef0123456789abcdef01234567"}
     with pytest.raises(AirflowFailException) as info:
         preflight({"params": params, "dag_run": RUN})
     line = str(info.value)

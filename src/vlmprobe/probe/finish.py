@@ -33,7 +33,8 @@ from vlmprobe.io.parquet import InputCounts, WorkUnit
 from vlmprobe.probe.loop import RankProbe
 from vlmprobe.probe.pipeline import summarize
 from vlmprobe.probe.plan import WorkPlan
-from vlmprobe.probe.resume import RETRIED_REASONS, ProbeJournal
+from vlmprobe.probe.resume import RETRIED_REASONS, ProbeJournal, fingerprint_settings
+from vlmprobe.probe.skip import stamp
 from vlmprobe.provenance import probe_provenance
 
 log = logging.getLogger("vlmprobe.probe")
@@ -78,6 +79,7 @@ def write_rank_outputs(cfg: ProbeConfig, layout: RunLayout, rank: int, journal: 
         elapsed_s=round(time.monotonic() - t0, 3),
         wrong_uri=layout.probe_wrong(rank),
         explain=ExplainStats(**probe.explain_stats()),
+        oom_halvings=probe.oom_halvings,
     )
 
 
@@ -172,6 +174,7 @@ def finish_step(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: l
         provenance=probe_provenance(plan.fingerprints, getattr(cfg, "target_revision", None)),
         wrong_files=[s.wrong_uri for s in gathered if s.wrong_uri],
     )
+    stamp(success, cfg.target_revision, plan, fingerprint_settings(cfg))  # revision, OOMs, skip keys
     outcome = night_outcome(gathered, success.counts, night)
     success = success.model_copy(update={"night_plan": night, "night": outcome})
     success.write(layout.probe_success)

@@ -117,7 +117,8 @@ class RankProbe:
     finishes; ``done`` (rows finished by earlier attempts, by file) are skipped before decoding.
     After :meth:`run`: ``input`` (rows read and lost), ``read_errors``, ``counts`` (this
     attempt's work: ``probed`` rows sent to the target, and the outcomes of this attempt; rows
-    finished before are counted from the journal), ``pipeline_stats``.
+    finished before are counted from the journal), ``pipeline_stats``, ``oom_halvings`` (times the
+    target ran out of GPU memory and ``batch_size`` was halved, :meth:`_infer`).
     """
 
     def __init__(self, cfg: ProbeConfig, rank: int, target, journal: ProbeJournal,
@@ -137,6 +138,10 @@ class RankProbe:
         self.prepare_workers = default_prepare_workers()
         self.pipeline_stats = PipelineStats()
         self.progress: Progress | None = None
+        # Rows per device call: failure_batch_size, halved for the rest of the rank each time the
+        # target runs out of GPU memory (_infer); the reader's later batches follow it (_batches).
+        self.batch_size = cfg.failure_batch_size
+        self.oom_halvings = 0
         # At most this many rows between their first and last teacher call (see _explain)
         self._explaining = asyncio.Semaphore(self.concurrency)
         # The night's plan: which wrong answers are explained (None: every one, no limits)
@@ -219,13 +224,14 @@ class RankProbe:
             yield item
 
     def _batches(self, rows: Iterable[Row]) -> Iterator[list[Row]]:
-        """``failure_batch_size`` rows at a time, counted as they are read (in the reader thread)."""
+        """``batch_size`` rows at a time (``failure_batch_size`` until an out-of-memory halving), counted
+        as they are read (in the reader thread)."""
         batch: list[Row] = []
         for row in rows:
             with self._lock:
                 self.counts["probed"] += 1
             batch.append(row)
-            if len(batch) == self.cfg.failure_batch_size:
+            if len(batch) >= self.batch_size:
                 yield batch
                 batch = []
         if batch:
@@ -255,35 +261,97 @@ class RankProbe:
         return work
 
     def _infer(self, work: _Work) -> list[str | None]:
-        """Device thread: predictions for a batch; if the batch fails, each example is tried alone.
+        """Device thread: predictions for a batch, at most ``batch_size`` rows per target call.
 
-        An example the target cannot answer alone (a batch of one included) becomes a
-        ``target_error`` row, never a crash of the rank.
+        - The target runs out of GPU memory: the cache is freed, ``batch_size`` is halved for the
+          rest of the rank (the reader's later batches shrink too; counted in ``oom_halvings``) and
+          the rows not yet answered are retried at the new size. Out of memory on one row ends the
+          rank (exit 1): the GPU cannot hold the model and a row.
+        - Any other failure: that batch's rows are tried one at a time (the next batch runs whole).
+          An example the target cannot answer alone (a batch of one included) becomes a
+          ``target_error`` row, never a crash of the rank.
         """
+        from vlmprobe.vlm.memory import is_out_of_memory
+
         batch = work.examples
         if not batch:
             return []
-        if not work.prepare_failed:
-            try:
-                if work.prepared is not None:
-                    return self.target.run(work.prepared)
-                return self.target.answer([e.image for e in batch], [e.question for e in batch],
-                                          [e.choices for e in batch])
-            except Exception as err:
-                if len(batch) == 1:
-                    log.warning("target failed on %s: %s: %s", batch[0].id, type(err).__name__, err)
-                    self._error("target_error", f"{type(err).__name__}: {err}", batch[0].row, batch[0].id)
-                    return [None]
-                log.exception("target failed on a batch of %d; trying them one at a time", len(batch))
+        if work.prepare_failed:
+            return self._one_at_a_time(batch)
         preds: list[str | None] = []
-        for e in batch:
+        prepared = work.prepared  # made for the whole batch: usable while it runs whole
+        start = 0
+        while start < len(batch):
+            chunk = batch[start:start + self.batch_size]
+            whole = prepared if len(chunk) == len(batch) else None
+            out_of_memory = False
+            try:
+                got = self._answer(chunk, whole)
+            except Exception as err:
+                out_of_memory = is_out_of_memory(err)
+                if not out_of_memory:
+                    got = self._after_failure(chunk, err)
+            if out_of_memory:  # out of the except block: the failed call's tensors are free to go
+                prepared = None
+                self._halve(len(chunk))
+                continue
+            preds.extend(got)
+            start += len(chunk)
+        return preds
+
+    def _answer(self, examples: list[Example], prepared: Any = None) -> list[str]:
+        """The target's answers for ``examples`` in one call (its ``prepare`` then ``run`` when it has them)."""
+        if prepared is not None:
+            return self.target.run(prepared)
+        images, questions, choices = [e.image for e in examples], [e.question for e in examples], \
+            [e.choices for e in examples]
+        if getattr(self.target, "prepare", None) is not None and getattr(self.target, "run", None) is not None:
+            return self.target.run(self.target.prepare(images, questions, choices, [e.image_bytes for e in examples]))
+        return self.target.answer(images, questions, choices)
+
+    def _after_failure(self, examples: list[Example], err: Exception) -> list[str | None]:
+        """A call on ``examples`` failed (not for memory): a lone example is an error row, more are tried alone."""
+        if len(examples) == 1:
+            log.warning("target failed on %s: %s: %s", examples[0].id, type(err).__name__, err)
+            self._error("target_error", f"{type(err).__name__}: {err}", examples[0].row, examples[0].id)
+            return [None]
+        log.error("target failed on a batch of %d (%s: %s); trying them one at a time", len(examples),
+                  type(err).__name__, err, exc_info=err)
+        return self._one_at_a_time(examples)
+
+    def _one_at_a_time(self, examples: list[Example]) -> list[str | None]:
+        from vlmprobe.vlm.memory import is_out_of_memory
+
+        preds: list[str | None] = []
+        for e in examples:
+            out_of_memory = False
             try:
                 preds.extend(self.target.answer([e.image], [e.question], [e.choices]))
             except Exception as err:  # one bad example must not stop the rank
-                log.warning("target failed on %s: %s: %s", e.id, type(err).__name__, err)
-                self._error("target_error", f"{type(err).__name__}: {err}", e.row, e.id)
-                preds.append(None)
+                out_of_memory = is_out_of_memory(err)
+                if not out_of_memory:
+                    log.warning("target failed on %s: %s: %s", e.id, type(err).__name__, err)
+                    self._error("target_error", f"{type(err).__name__}: {err}", e.row, e.id)
+                    preds.append(None)
+            if out_of_memory:
+                self._halve(1)  # raises: not even one row fits
         return preds
+
+    def _halve(self, failed_rows: int) -> None:
+        """The target ran out of GPU memory on ``failed_rows`` rows: free the cache, halve ``batch_size``.
+
+        At one row there is nothing left to halve: raises (exit 1) with the line that says so.
+        """
+        from vlmprobe.vlm.memory import free_device_memory, out_of_memory_at_one_row
+
+        free_device_memory()
+        if failed_rows <= 1:
+            raise out_of_memory_at_one_row(f"probe rank {self.rank}", self.oom_halvings, self.cfg.failure_batch_size)
+        self.batch_size = max(1, min(self.batch_size, failed_rows) // 2)
+        self.oom_halvings += 1
+        log.warning("the target ran out of GPU memory on a batch of %d rows: %d rows per batch from now on "
+                    "(halving %d; failure_batch_size %d is too large for this GPU)", failed_rows, self.batch_size,
+                    self.oom_halvings, self.cfg.failure_batch_size)
 
     # -- teacher -----------------------------------------------------------------------------
     async def _explain(self, ex: Example, prediction: str, wrong: dict[str, Any]) -> None:

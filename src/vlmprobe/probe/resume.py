@@ -25,8 +25,8 @@ Design (issue 5, "never pay twice"):
   ``errors/probe-rank-NNNNN.jsonl`` from the entries for its rows — earlier attempts' and its
   own, one per row (the first done entry, else this attempt's not-done one) — and the counts
   come from the same entries, so the outputs of a resumed run equal those of an uninterrupted one.
-- **Fingerprint.** What the outputs depend on (:func:`fingerprint_settings`): target model,
-  ``max_new_tokens``, teacher model, template version, thinking budget, the image size and output
+- **Fingerprint.** What the outputs depend on (:func:`fingerprint_settings`): target model and
+  its pinned revision (``target_revision``), ``max_new_tokens``, teacher model, template version, thinking budget, the image size and output
   token limits sent to the teacher, the journal format. Rank 0 keeps them in
   ``_journal/_fingerprint.json`` (:class:`vlmprobe.contracts.ProbeJournalHeader`, with a
   ``schema_version``: a header of a version this code does not read stops the step, one line)
@@ -81,6 +81,7 @@ def fingerprint_settings(cfg: Any) -> dict[str, Any]:
         teacher_image_max_side=cfg.teacher_image_max_side,
         max_output_tokens_factor=cfg.max_output_tokens_factor,
         max_output_tokens_verify=cfg.max_output_tokens_verify,
+        target_revision=cfg.target_revision,
     ).settings()
 
 

@@ -1,7 +1,9 @@
 """Step 1 entrypoint: ``vlmprobe probe --nproc-per-node N`` (or ``torchrun ... vlmprobe probe``).
 
 Rank 0 lists and samples the parquet files, plans the work from their footers (row groups split
-across ranks by row count, :mod:`vlmprobe.probe.plan`), removes what a rerun makes stale
+across ranks by row count, :mod:`vlmprobe.probe.plan`); when ``probe/_SUCCESS.json`` already
+covers that plan with the same settings the step returns its summary and does nothing else
+(:mod:`vlmprobe.probe.skip`; ``force`` reruns). Otherwise it removes what a rerun makes stale
 (``RunLayout.invalidate("probe")``: earlier probe outputs, sample, QA shards, manifest — never
 the resume journal or ``_teacher/``) and broadcasts the plan; every rank uses that one plan
 (:mod:`vlmprobe.probe.ranks`). Each rank then reads its row groups a row group at a time, asks
@@ -31,7 +33,9 @@ unless some rows ended as error rows a rerun should retry (``teacher_budget_reac
 
 The step fails (exit 2, outputs kept for inspection, no ``_SUCCESS.json``) when it read no row
 or lost more than ``max_error_rate`` of its input rows; with exit 1 (worth a retry: the failed
-rows are not recorded as done) when the target failed on more than ``max_error_rate`` of them.
+rows are not recorded as done) when the target failed on more than ``max_error_rate`` of them,
+or ran out of GPU memory on a single row (a batch that runs out of memory is halved first:
+:meth:`vlmprobe.probe.loop.RankProbe._infer`).
 Teacher errors that stop the step (dead key, unknown model, daily quota, open circuit) end it at
 once with their own exit code.
 """
@@ -54,6 +58,7 @@ from vlmprobe.probe.loop import RankProbe
 from vlmprobe.probe.plan import WorkPlan, plan_work, sample_files
 from vlmprobe.probe.ranks import Ranks
 from vlmprobe.probe.resume import ProbeJournal, fingerprint_settings, keep_or_discard
+from vlmprobe.probe.skip import finished_summary
 
 log = logging.getLogger("vlmprobe.probe")
 
@@ -90,6 +95,9 @@ def _start(cfg: ProbeConfig, layout: RunLayout, settings: dict[str, Any], world_
             plan.for_rank(0, world_size)
         except ValueError as e:  # ranks outnumber the row groups
             raise InputError(str(e)) from e
+    if not cfg.force and (done := finished_summary(layout, plan, settings)) is not None:
+        return {"plan": plan.to_dict(), "prior": [], "skipped": done}  # nothing removed, nothing paid
+
     from vlmprobe.budget.night import plan_the_night
 
     night = plan_the_night(cfg, plan.total_rows, world_size)  # before any Gemini request or GPU work
@@ -134,6 +142,7 @@ def run_rank(cfg: ProbeConfig, ranks: Ranks) -> dict[str, Any] | None:
     the rank's outputs, then rank 0's finish (:mod:`vlmprobe.probe.finish`).
     """
     from vlmprobe.vlm import load_target
+    from vlmprobe.vlm.memory import advise_batch_size
 
     started_at = dt.datetime.now(dt.timezone.utc)
     t0 = time.monotonic()
@@ -141,11 +150,17 @@ def run_rank(cfg: ProbeConfig, ranks: Ranks) -> dict[str, Any] | None:
     layout = RunLayout(cfg.output_uri, cfg.run_date)
     settings = fingerprint_settings(cfg)
     shared = ranks.from_rank0(lambda: _start(cfg, layout, settings, world_size))
+    if "skipped" in shared:  # _SUCCESS.json already covers this work (vlmprobe.probe.skip)
+        return shared["skipped"] if rank == 0 else None
     plan = WorkPlan.from_dict(shared["plan"])
     night = NightPlan.model_validate(shared["night"])
     mine, lost = _rank_share(cfg, layout, plan, rank, world_size)
 
-    target = load_target(cfg.target_model, max_new_tokens=cfg.max_new_tokens)
+    # A hub id's pinned revision: the first rank to get there stages it on the data volume, the
+    # others wait for it (vlmprobe.vlm.staging); every rank then loads that copy offline.
+    target = load_target(cfg.target_model, revision=cfg.target_revision or None, max_new_tokens=cfg.max_new_tokens)
+    if rank == 0:
+        advise_batch_size(target, cfg.failure_batch_size)
     with ProbeJournal(layout.probe_journal, rank, settings, mine, shared["prior"]) as journal:
         probe = RankProbe(cfg, rank, target, journal, journal.done_rows(), night=night)
         teacher_stats = asyncio.run(probe.run(mine, lost))

@@ -241,6 +241,7 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
                                bound_by=bound_by(probe.pipeline), teacher=probe_teacher,
                                world_size=probe.world_size, input_files=len(probe.input_files),
                                elapsed_s=probe.elapsed_s, tokens=probe.tokens)
+    probe_part.oom_halvings = probe.oom_halvings  # the ranks' OOM halvings, summed in _SUCCESS.json
     qa_part = ManifestQA(counts=dict(qa_counts), error_reasons=dict(reasons), tokens=dict(qa_tokens),
                          teacher=qa_teacher_figures, target_check=target_check, shards=shards)
     checks, failed = judge(probe_part, qa_part, cfg.max_error_rate)

@@ -141,8 +141,72 @@ class ShardQA:
         return Outcome(seq, str(rec["id"]), items=items, tokens=tokens, dropped=len(dropped)), rgb
 
 
-def load_images(records: list[dict[str, Any]]) -> list[bytes | Exception]:
-    """Image bytes for each record: embedded base64, or read by reference (each file once)."""
+class RowGroupReader:
+    """Image cells of parquet rows, read a whole row group at a time; the last row group read is kept.
+
+    Asked for rows in (file, row) order — the order a QA shard processes its referenced records in
+    (:func:`vlmprobe.qa.run._reading_order`) — it reads each row group of a shard once, however the
+    shard's batches cut through it. Keeps one file open and one row group's image column in memory.
+    """
+
+    def __init__(self) -> None:
+        self._uri: str | None = None
+        self._file: Any = None
+        self._parquet: Any = None
+        self._starts: list[int] = []
+        self._group: int | None = None
+        self._column: Any = None
+        self.row_groups_read = 0
+
+    def _open(self, uri: str) -> None:
+        if uri == self._uri:
+            return
+        import pyarrow.parquet as pq
+
+        from vlmprobe.io.fs import resolve
+
+        self.close()
+        fs, path = resolve(uri)
+        self._file = fs.open_input_file(path)
+        # Page checksums, where the writer stored them, turn silent corruption into a read error.
+        self._parquet = pq.ParquetFile(self._file, page_checksum_verification=True)
+        meta = self._parquet.metadata
+        self._starts = [0]
+        for rg in range(meta.num_row_groups):
+            self._starts.append(self._starts[-1] + meta.row_group(rg).num_rows)
+        self._uri = uri
+
+    def read_group(self, rg: int) -> Any:
+        """Row group ``rg``'s image column (of the open file)."""
+        self.row_groups_read += 1
+        return self._parquet.read_row_group(rg, columns=["image"]).column("image")
+
+    def cells(self, uri: str, rows: list[int]) -> dict[int, dict[str, Any]]:
+        """``{row: {"image": cell}}`` for the rows of ``uri`` that exist (as :func:`vlmprobe.io.parquet.read_cells`)."""
+        from bisect import bisect_right
+
+        self._open(uri)
+        out: dict[int, dict[str, Any]] = {}
+        for r in sorted(set(rows)):
+            rg = bisect_right(self._starts, r) - 1
+            if r < 0 or rg >= len(self._starts) - 1:
+                continue  # past the end of the file: the caller reports it
+            if (uri, rg) != (self._uri, self._group):
+                self._group, self._column = None, None  # a failed read keeps nothing half-read
+                self._column = self.read_group(rg)
+                self._group = rg
+            out[r] = {"image": self._column[r - self._starts[rg]].as_py()}
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._uri = self._file = self._parquet = self._group = self._column = None
+
+
+def load_images(records: list[dict[str, Any]], reader: RowGroupReader | None = None) -> list[bytes | Exception]:
+    """Image bytes for each record: embedded base64, or read by reference (each file once; with ``reader``,
+    each row group once while records come in (file, row) order)."""
     from vlmprobe.io.parquet import cell_image_bytes, read_cells
 
     out: list[bytes | Exception] = [b""] * len(records)
@@ -157,7 +221,8 @@ def load_images(records: list[dict[str, Any]]) -> list[bytes | Exception]:
             out[i] = ValueError(f"no usable image reference ({type(e).__name__}: {e})")
     for uri, idx in by_file.items():
         try:
-            cells = read_cells(uri, [records[i]["image"]["row"] for i in idx], ["image"])
+            rows = [records[i]["image"]["row"] for i in idx]
+            cells = reader.cells(uri, rows) if reader is not None else read_cells(uri, rows, ["image"])
         except Exception as e:  # unreadable now: every record of the file gets the reason
             for i in idx:
                 out[i] = ValueError(f"{uri}: {e}")

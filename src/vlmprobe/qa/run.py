@@ -2,7 +2,8 @@
 
 Reads only the shard's own records (its byte range in ``sample/shards.json``, read through
 :class:`vlmprobe.contracts.ShardPlan`; :func:`vlmprobe.sample.shards.iter_shard_records`), asks
-the teacher for QA pairs probing each failure's factor (:mod:`vlmprobe.qa.items`) — concurrently
+the teacher for QA pairs probing each failure's factor (:mod:`vlmprobe.qa.items`), in an order that
+reads each parquet row group of the shard once (:func:`_reading_order`) — concurrently
 (at most ``batch_size`` failures outstanding, ``concurrency`` requests in flight, starts spaced
 by ``request_delay``, the client's quota shares and retries) or one at a time with ``no_async``
 — and writes the items. Every failure that enters leaves as QA items (with
@@ -65,7 +66,7 @@ from vlmprobe.contracts import (QACounts, QAJournalHeader, QAShardSpan, QAShardS
 from vlmprobe.errors import InputError, require_fields
 from vlmprobe.io import Journal, JsonlWriter, RunLayout, exists, join
 from vlmprobe.qa.dataset import write_shard_parquet
-from vlmprobe.qa.items import LIMITED_PREFIX, TOKEN_FIELDS, Outcome, ShardQA, load_images
+from vlmprobe.qa.items import LIMITED_PREFIX, TOKEN_FIELDS, Outcome, RowGroupReader, ShardQA, load_images
 from vlmprobe.qa.target_check import TargetCheck, check_mode, decoded_rgb
 
 log = logging.getLogger("vlmprobe.qa")
@@ -105,14 +106,53 @@ def _shard_records(plan: ShardPlan, index: int) -> Iterator[tuple[int, Any, str 
         raise InputError(str(e)) from e
 
 
+def _image_place(rec: Any) -> tuple[str, int] | None:
+    """(file URI, row) of a record's referenced image; None when it is embedded or has no usable reference."""
+    try:
+        if rec.get("image_b64"):
+            return None
+        return str(rec["image"]["uri"]), int(rec["image"]["row"])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _reading_order(records: Iterator[tuple[int, Any, str | None]], want_image: Any
+                   ) -> Iterator[tuple[int, Any, str | None]]:
+    """The shard's records in the order they are processed: each parquet row group is read once.
+
+    Records that need no parquet read (a problem, an embedded image, a resumed failure without the
+    target check, no usable reference) come as they are read; the others follow, ordered by
+    (file URI, row, position in the shard) — row groups are contiguous rows, so the shard's reader
+    (:class:`vlmprobe.qa.items.RowGroupReader`, which keeps the last row group) reads each one
+    once. Deterministic for a given shard. Only the processing order changes: the outputs are
+    written in the shard's order (by position), as before.
+    """
+    referenced: list[tuple[tuple[str, int], int, Any]] = []
+    for seq, rec, problem in records:
+        place = _image_place(rec) if problem is None and want_image(seq) else None
+        if place is None:
+            yield seq, rec, problem
+        else:
+            referenced.append((place, seq, rec))
+    referenced.sort(key=lambda x: (x[0], x[1]))
+    for _, seq, rec in referenced:
+        yield seq, rec, None
+
+
 def _batches(records: Iterator[tuple[int, Any, str | None]], size: int, want_image: Any) -> Iterator[list]:
-    """Batches of (seq, record, problem, image bytes or exception or None); images are read per batch."""
-    while batch := list(islice(records, size)):
-        usable = [i for i, (seq, _, problem) in enumerate(batch) if problem is None and want_image(seq)]
-        images: list[Any] = [None] * len(batch)
-        for i, img in zip(usable, load_images([batch[i][1] for i in usable])):
-            images[i] = img
-        yield [(*entry, img) for entry, img in zip(batch, images)]
+    """Batches of (seq, record, problem, image bytes or exception or None), in :func:`_reading_order`;
+    images are read per batch, each row group of the shard once."""
+    reader = RowGroupReader()
+    ordered = _reading_order(records, want_image)
+    try:
+        while batch := list(islice(ordered, size)):
+            usable = [i for i, (seq, _, problem) in enumerate(batch) if problem is None and want_image(seq)]
+            images: list[Any] = [None] * len(batch)
+            for i, img in zip(usable, load_images([batch[i][1] for i in usable], reader)):
+                images[i] = img
+            yield [(*entry, img) for entry, img in zip(batch, images)]
+    finally:
+        reader.close()
 
 
 # -- the journal ------------------------------------------------------------------------------------
@@ -203,7 +243,8 @@ def _open_shard(cfg: QAConfig) -> _Shard:
     if checking:
         from vlmprobe.vlm import load_target
 
-        target = load_target(cfg.target_model, max_new_tokens=cfg.max_new_tokens)  # before any Gemini request
+        # before any Gemini request; a hub id from its revision staged by the probe (vlmprobe.vlm.staging)
+        target = load_target(cfg.target_model, revision=cfg.target_revision or None, max_new_tokens=cfg.max_new_tokens)
         check = TargetCheck(target)
         log.info("target check on: QA items go to %s; qa_keep=%s", cfg.target_model, cfg.qa_keep)
     return _Shard(cfg, layout, plan, index, shard, journal, fp, done, check)
@@ -357,7 +398,8 @@ def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str]
                                       target_model=cfg.target_model if check is not None else None,
                                       device=None if device is None else str(device),
                                       busy_s=round(check.busy_s, 3) if check is not None else 0.0,
-                                      batches=check.batches if check is not None else 0),
+                                      batches=check.batches if check is not None else 0,
+                                      oom_halvings=check.oom_halvings if check is not None else 0),
         elapsed_s=round(time.monotonic() - t0, 3),
         parquet=parquet,
     )

@@ -4,7 +4,9 @@
 
 - a local folder or a Hugging Face hub id -> :class:`vlmprobe.vlm.llava.LlavaTarget`
   (transformers, in process: rows with choices scored by option log-likelihood in one forward
-  pass, open rows by batched greedy ``generate``; rows sharing an image encode it once);
+  pass, open rows by batched greedy ``generate``; rows sharing an image encode it once). A hub
+  id is loaded at a pinned ``revision`` from its copy staged on the data volume
+  (:mod:`vlmprobe.vlm.staging`);
 - ``openai:http://HOST:PORT/v1#MODEL`` -> :class:`vlmprobe.vlm.openai_backend.OpenAICompatibleTarget`
   (chat completions against an OpenAI-compatible server such as vLLM).
 
@@ -69,6 +71,7 @@ def check_batch(images: Sized, questions: Sized, choices: Sized) -> None:
 def load_target(
     spec: str,
     *,
+    revision: str | None = None,
     device: str | None = None,
     max_new_tokens: int = 16,
     dtype: str = "auto",
@@ -76,18 +79,28 @@ def load_target(
 ) -> Target:
     """Build the target backend named by ``spec`` (see the module docstring).
 
+    ``revision``: the commit of a hub id (required for one, refused for a folder or a server:
+    :func:`vlmprobe.vlm.staging.revision_problem`, a :class:`~vlmprobe.errors.UsageError`).
+
     ``device`` (default ``cuda:$LOCAL_RANK`` when CUDA is available, else ``cpu``), ``dtype``
     (``auto`` = bfloat16 on CUDA, float32 on CPU) and ``choice_mode`` (``score``: rows with
     choices answered by option log-likelihood; ``generate``: generated like open rows) apply to
     in-process models only; a server backend always generates.
     """
+    from vlmprobe.vlm.staging import revision_problem
+
+    if problem := revision_problem(spec, revision):
+        from vlmprobe.errors import UsageError
+
+        raise UsageError(problem)
     if spec.startswith(OPENAI_PREFIX):
         from vlmprobe.vlm.openai_backend import OpenAICompatibleTarget
 
         return OpenAICompatibleTarget.from_spec(spec, max_new_tokens=max_new_tokens)
     from vlmprobe.vlm.llava import LlavaTarget
 
-    return LlavaTarget(spec, device=device, max_new_tokens=max_new_tokens, dtype=dtype, choice_mode=choice_mode)
+    return LlavaTarget(spec, revision=revision, device=device, max_new_tokens=max_new_tokens, dtype=dtype,
+                       choice_mode=choice_mode)
 
 
 __all__ = ["Target", "TargetLoadError", "build_prompt_text", "check_batch", "load_target"]

@@ -15,6 +15,7 @@ The work of one batch is split in two so that a pipeline can overlap them:
 ``image_keys`` entry: the probe passes the image's bytes) share its vision tokens: the projected features are computed once and
 handed to the language model through ``mm_encoder_outputs``.
 
+A hub id is loaded from its pinned revision's copy on the data volume (:mod:`vlmprobe.vlm.staging`).
 On CUDA the model loads straight onto its GPU (``device_map``), in bfloat16 with SDPA
 attention, so a rank's host RAM never holds a full copy of the weights.
 """
@@ -34,6 +35,7 @@ from transformers.utils import logging as hf_logging
 
 from vlmprobe.vlm import TargetLoadError, build_prompt_text, check_batch
 from vlmprobe.vlm import choice as choice_layout
+from vlmprobe.vlm.staging import is_local_folder, stage_target
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
@@ -61,15 +63,11 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-def _looks_local(spec: str) -> bool:
-    # A hub id is "name" or "org/name"; anything else is meant as a folder on this machine.
-    return os.path.exists(spec) or spec.startswith((".", "~", os.sep)) or spec.count("/") > 1
-
-
 def _load_error(spec: str, why: str) -> TargetLoadError:
     return TargetLoadError(
         f"Cannot load the target model {spec!r} ({why}); pass a Hugging Face hub id such as "
-        "llava-hf/llava-1.5-7b-hf or a local folder with config.json saved by save_pretrained."
+        "llava-hf/llava-1.5-7b-hf (with target_revision) or a local folder with config.json saved by "
+        "save_pretrained."
     )
 
 
@@ -91,7 +89,7 @@ class PreparedBatch:
 
 
 class LlavaTarget:
-    """A LLaVA checkpoint (hub id or local folder) answering questions about images.
+    """A LLaVA checkpoint (a local folder, or a hub id at ``revision``, staged) answering questions about images.
 
     ``choice_mode="score"`` (default) answers rows with choices by option log-likelihood;
     ``"generate"`` generates them like open rows (the baseline the scorer is checked against).
@@ -101,14 +99,18 @@ class LlavaTarget:
         self,
         spec: str,
         *,
+        revision: str | None = None,
         device: str | None = None,
         max_new_tokens: int = 16,
         dtype: str = "auto",
         choice_mode: ChoiceMode = "score",
     ) -> None:
         path = os.path.expanduser(spec)
-        if _looks_local(spec) and not os.path.isfile(os.path.join(path, "config.json")):
+        if is_local_folder(spec) and not os.path.isfile(os.path.join(path, "config.json")):
             raise _load_error(spec, "no config.json in that folder" if os.path.isdir(path) else "no such folder")
+        if revision is not None or not is_local_folder(spec):
+            # A hub id: its pinned commit, staged once on the data volume, loaded offline from there.
+            path = stage_target(spec, revision)
         device = device or default_device()
         torch_dtype = resolve_dtype(dtype, device)
         try:
