@@ -563,6 +563,16 @@ class Checks(_Part):
     budget_reached_rows: BudgetReachedRows
 
 
+class RunReport(_Part):
+    """Where publish wrote the run's report (:mod:`vlmprobe.report`) and what it could not show."""
+
+    uri: str
+    size_bytes: int
+    compared_with: str | None  # the run date of the previous completed night it compares with; None: none
+    thumbnails: int  # example images shown
+    notes: list[str]  # what could not be read (an image, the previous night, ...), as the report says
+
+
 class Manifest(Contract):
     """``manifest.json`` (a published run) or ``manifest.failed.json`` (with ``failed``: why it failed)."""
 
@@ -582,6 +592,8 @@ class Manifest(Contract):
     outputs: Outputs
     checks: Checks
     failed: list[str] | None = Field(None, description="Why the run failed (manifest.failed.json only).")
+    report: RunReport | None = Field(None, description="The run's report.html; null when it could not be rendered "
+                                                       "(the publish log says why; `vlmprobe report` makes it again).")
 
 
 CONTRACTS: tuple[type[Contract], ...] = (ProbeSuccess, ProbeJournalHeader, ShardPlan, QAJournalHeader, QAShardStats,

@@ -41,6 +41,7 @@ from vlmprobe.contracts import (AttemptFigures, BoundBy, BudgetReachedRows, Chec
 from vlmprobe.errors import VlmprobeError
 from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_tree
 from vlmprobe.io.fs import basename, list_dir
+from vlmprobe.report.render import report_for_publish
 from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
 
 log = logging.getLogger("vlmprobe.publish")
@@ -250,6 +251,7 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
         checks=checks,
         failed=failed or None,
     )
+    manifest.report = report_for_publish(layout, manifest)  # never fails the run: a WARNING and report: null
     if failed:
         manifest.write(layout.manifest_failed)
         raise RunFailed(f"run {cfg.run_date} failed: " + "; ".join(failed) +
@@ -260,7 +262,8 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
     log.info("published %s: %d QA items from %d failures", layout.manifest, qa_counts["items"], sc.sampled)
     for step, figures in (("probe", probe_teacher), ("qa", qa_teacher_figures)):
         log.info("teacher %s", teacher_line(step, figures))
-    return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest.outputs.qa}
+    return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest.outputs.qa,
+            "report_uri": manifest.report.uri if manifest.report else None}
 
 
 def teacher_line(step: str, t: TeacherFigures) -> str:
