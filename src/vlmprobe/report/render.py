@@ -260,7 +260,8 @@ def _time(d: RunData) -> dict[str, Any]:
     }
 
 
-def _changes(changes: list[KeyChange]) -> dict[str, Any]:
+def changes_view(changes: list[KeyChange]) -> dict[str, Any]:
+    """The changed rows of a comparison for the templates: the first rows, and how many were significant or noise."""
     moved = [c for c in changes if c.change != "same"]
     summary = {kind: (sum(1 for c in moved if c.change == kind and c.significant),
                       sum(1 for c in moved if c.change == kind and not c.significant))
@@ -273,14 +274,14 @@ def _comparison(d: RunData) -> dict[str, Any] | None:
     c = d.comparison
     if c is None:
         return None
-    keys = _changes(c.keys)
+    keys = changes_view(c.keys)
     shown = [k for k in c.keys if k.change != "same"][:15]
     plot = plots.compare_rates(
         "compare-keys", [k.key for k in shown], [1000 * k.test.rate1 for k in shown],
         [1000 * k.test.rate2 for k in shown], [k.significant for k in shown],
         labels=(c.previous.run_date, c.current.run_date),
         title=f"Failure keys that changed most since {c.previous.run_date}") if shown else None
-    return {"previous": c.previous, "current": c.current, "key_changes": keys, "category_changes": _changes(c.categories),
+    return {"previous": c.previous, "current": c.current, "key_changes": keys, "category_changes": changes_view(c.categories),
             "plot": plot}
 
 
