@@ -243,3 +243,25 @@ def test_credentials_and_endpoint_come_from_the_environment(store):
     assert isinstance(fs, pafs.S3FileSystem if store.scheme == "s3" else pafs.GcsFileSystem)
     write_json(store.uri("env-check.json"), {"ok": True})
     assert json.loads(read_bytes(store.uri("env-check.json"))) == {"ok": True}
+
+
+def test_the_report_is_stored_as_html_and_its_link_serves_it(store):
+    """The report's object keeps ``Content-Type: text/html`` through the atomic write's final copy (a browser
+    shows it rather than downloading it), and the report link on an emulator's endpoint fetches it."""
+    from vlmprobe.report.link import report_url
+    from vlmprobe.report.render import HTML
+
+    uri = f"{_fresh(store, 'report')}/2026-11-25/report.html"
+    page = "<!DOCTYPE html><html><body>the night</body></html>"
+    write_bytes(uri, page.encode(), content_type=HTML)
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        meta = {k.lower(): v for k, v in dict(f.metadata()).items()}
+    assert meta.get("content-type", meta.get("contenttype", b"")).startswith(b"text/html"), meta
+    if store.scheme == "s3":
+        # a private bucket refuses the browser's anonymous GET: the link needs a readable bucket or the store's login
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(report_url(uri), timeout=10)
+        return
+    with urllib.request.urlopen(report_url(uri), timeout=10) as resp:  # the GCS emulator serves anyone
+        assert resp.headers["Content-Type"].startswith("text/html") and resp.read().decode() == page

@@ -9,7 +9,8 @@ at most on S3), while the link stays on the task for as long as Airflow keeps th
 - ``s3://BUCKET/KEY`` → the object's page in the AWS console (sign-in, then "Open"), with the
   region when ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` names it. An S3-compatible store
   (``AWS_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3`` set) gets the object's path-style URL on that
-  endpoint instead;
+  endpoint instead, which opens only where the browser may read the object (a bucket policy
+  allowing it, or the store's own sign-in); else set ``VLMPROBE_REPORT_BASE_URL``;
 - a local path → ``file:///…``. Browsers do not follow a ``file:`` link from an ``http(s)`` page
   (the Airflow UI): copy it into the address bar, or serve the outputs over HTTP and set
   ``VLMPROBE_REPORT_BASE_URL``.
