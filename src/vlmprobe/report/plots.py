@@ -46,7 +46,7 @@ def _svg(fig: Any, name: str) -> str:
 
     buf = io.StringIO()
     with matplotlib.rc_context(STYLE):
-        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
     text = text[text.index("<svg"):]
     # clip paths and glyphs get ids that two figures on one page could share with other meanings
