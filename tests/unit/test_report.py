@@ -172,6 +172,12 @@ def test_figures_a_newer_manifest_adds_show_and_absent_ones_say_not_recorded(nig
     assert re.search(r"<td>explain_budget</td><td class=\"n\">40</td><td class=\"n\">7</td>", glance)
     assert re.search(r"<td>rows</td><td class=\"n\">10</td><td class=\"n\">15</td>", glance)  # 10 + 5 rows probed
     assert "not recorded" not in glance
+    teacher = html.split('<section id="teacher">')[1].split("</section>")[0]
+    assert "probe: mode / tier</dt><dd>not recorded" in teacher
+    data.figures["teacher"] = {**data.figures["teacher"], "qa": {**data.figures["teacher"]["qa"], "service_tier": "flex",
+                                                                 "served_tiers": {"flex": 9, "standard": 1}}}
+    html = env.get_template("report.html.j2").render(**build_context(data))
+    assert "qa: mode / tier</dt><dd>flex (served: flex 9, standard 1)" in html
     assert optional({"a": {"b": 0}}, "a.c", "a.b") == 0 and optional({"a": None}, "a", "b") is None
 
 

@@ -208,7 +208,7 @@ def _teacher(d: RunData) -> dict[str, Any]:
     steps = {"probe": t.probe.model_dump(), "qa": t.qa.model_dump(), "run": t.run.model_dump()}
     table = [(label, [steps[s].get(k) for s in steps]) for k, label in TEACHER_ROWS]
     table.append(("estimated cost", [fmt_usd(steps[s].get("estimated_cost_usd")) for s in steps]))
-    tiers = [(s, optional(f, f"{s}.mode", f"{s}.service_tier", f"{s}.tier", f"{s}.tiers")) for s in ("probe", "qa")]
+    tiers = [(s, _tier(f.get(s, {}))) for s in ("probe", "qa")]
     requests = plots.grouped_bars("teacher-requests", ["probe", "qa"],
                                   {"requests": [t.probe.requests, t.qa.requests],
                                    "429s": [t.probe.rate_limited, t.qa.rate_limited],
@@ -227,6 +227,20 @@ def _teacher(d: RunData) -> dict[str, Any]:
             "tokens": tokens, "attempts": [(s, a) for s, a in t.all_attempts.items()], "prices": t.prices,
             "gave_up": {s: steps[s].get("gave_up") or {} for s in ("probe", "qa")},
             "cost": d.manifest.estimated_cost_usd}
+
+
+def _tier(step: dict[str, Any]) -> str | None:
+    """The mode or tier a step asked for and the tiers that served its answers, where the manifest has them."""
+    asked = optional(step, "mode", "service_tier", "tier")
+    served = optional(step, "served_tiers", "tiers")
+    if asked is None and served is None:
+        return None
+    text = fmt_shown(asked) if asked is not None else "asked: not recorded"
+    if isinstance(served, dict) and served:
+        text += " (served: " + ", ".join(f"{k} {fmt_shown(v)}" for k, v in served.items()) + ")"
+    elif served:
+        text += f" (served: {fmt_shown(served)})"
+    return text
 
 
 def _time(d: RunData) -> dict[str, Any]:
@@ -252,10 +266,10 @@ def _time(d: RunData) -> dict[str, Any]:
         "images_per_s": images_per_s,
         "images_per_s_per_gpu": images_per_s / m.probe.world_size if images_per_s and m.probe.world_size else None,
         "world_size": m.probe.world_size,
-        "gpu_hours_held": optional(f, "probe.gpu_hours_held", "probe.gpu_hours.held", "gpu_hours.held",
-                                   "gpu_hours_held"),
-        "gpu_hours_busy": optional(f, "probe.gpu_hours_busy", "probe.gpu_hours.busy", "gpu_hours.busy",
-                                   "gpu_hours_busy"),
+        "gpu_hours_held": optional(f, "probe.gpu_hours_held", "probe.bound_by.gpu_hours_held", "probe.gpu_hours.held",
+                                   "gpu_hours.held", "gpu_hours_held"),
+        "gpu_hours_busy": optional(f, "probe.gpu_hours_busy", "probe.bound_by.gpu_hours_busy", "probe.gpu_hours.busy",
+                                   "gpu_hours.busy", "gpu_hours_busy"),
         "bound_by": b, "composition": composition, "shard_plot": shard_plot,
     }
 
