@@ -44,7 +44,7 @@ QA_DATASET = Asset(name="vlmprobe_qa_dataset", uri="vlmprobe://vlm_failure_pipel
 
 
 def qa_event_extra(manifest: Manifest, manifest_uri: str) -> dict[str, Any]:
-    """The Asset event's ``extra`` for a published run: where it is and the manifest's counts.
+    """The Asset event's ``extra`` for a published run: where it is (its manifest and report) and the manifest's counts.
 
     Besides the counts of each step: the probe's input accounting (rows read, rows lost, files
     lost), the QA items the target failed (when the target check ran) and the teacher's run
@@ -56,6 +56,7 @@ def qa_event_extra(manifest: Manifest, manifest_uri: str) -> dict[str, Any]:
     return {
         "run_date": manifest.run_date,
         "manifest_uri": manifest_uri,
+        "report_uri": manifest.report.uri if manifest.report is not None else None,  # the run report, when written
         "qa_uris": list(manifest.outputs.qa),
         "qa_items": qa.counts.get("items", 0),
         "qa_items_checked": check.items_checked if check is not None else None,

@@ -7,6 +7,5 @@
 - :mod:`vlmprobe.report.trend` — ``vlmprobe trend OUTPUT_URI``: failure rate per category over nights;
 - :mod:`vlmprobe.report.link` — the report's URL for a browser (the publish task's extra link).
 
-Importing this package is cheap (the DAG file imports the link); matplotlib and Jinja2 load when a
-page is rendered.
+Importing this package is cheap; matplotlib and Jinja2 load when a page is rendered.
 """
