@@ -31,7 +31,8 @@ def airflow_env(tmp_path_factory):
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(REPO),
+        # the repository (for `operators`) first; a PYTHONPATH already set (a worktree's src) stays after it
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "VLMPROBE_POD_MODE": "local",
         # Airflow 3.3.2's `dags test` cannot finish a successful run of a DAG with a DeadlineAlert
@@ -158,3 +159,7 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert event["extra"]["counts"] == {"probe": pc, "sample": sc, "qa": qc}
     assert event["extra"]["qa_items_target_failed"] == m["qa"]["target_check"]["items_target_failed"]
     assert event["extra"]["teacher"]["requests"] == t["run"]["requests"]
+    # publish wrote the run report next to the manifest, and the event names it
+    report = tmp_path / RUN_DATE / "report.html"
+    assert m["report"]["uri"] == str(report) == event["extra"]["report_uri"]
+    assert report.read_text().startswith("<!DOCTYPE html>") and m["report"]["thumbnails"] > 0
