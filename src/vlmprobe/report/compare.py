@@ -56,8 +56,9 @@ def _table(changes: list[KeyChange], label: str, top: int) -> list[str]:
     for c in changes[:top]:
         t = c.test
         p = f"{t.p:.2g}" + ("F" if t.test == "fisher" else "")
+        z = t.z if abs(t.z) >= 0.005 else 0.0  # never "-0.00"
         lines.append(f"{c.key:<{width}}  {c.change:<8}  {t.x1:>7,} {1000 * t.rate1:>7.2f}  {t.x2:>7,} "
-                     f"{1000 * t.rate2:>7.2f}  {t.z:>+6.2f}  {p:>8}  {c.q:>8.2g}  "
+                     f"{1000 * t.rate2:>7.2f}  {z:>+6.2f}  {p:>8}  {c.q:>8.2g}  "
                      + (f"{c.mark} significant" if c.significant else "noise"))
     if len(changes) > top:
         lines.append(f"… and {len(changes) - top} more (the least significant; --top N shows more)")
