@@ -11,8 +11,9 @@ Every night at 02:00 UTC, for the day that just ended:
    (`category:value`) → `sample/failures.jsonl`, `sample/shards.json`.
 3. **qa.generate** — one pod per shard asks Gemini for QA pairs that probe each failure's
    factor → `qa/shard-*.jsonl`.
-4. **publish** — checks every output, writes `manifest.json` and emits the
-   `vlmprobe_qa_dataset` Asset event with the manifest's counts.
+4. **publish** — checks every output, writes `manifest.json` and the run report `report.html`
+   (the task's "Run report" link opens it), and emits the `vlmprobe_qa_dataset` Asset event
+   with the manifest's counts.
 
 **Dates.** The schedule is a data interval at 02:00 UTC: the run starting at 02:00 on day D
 covers [D−1 02:00, D 02:00) and its **run date is D−1**, the start of its data interval.
@@ -39,7 +40,7 @@ from airflow.sdk import CronDataIntervalTimetable, Param, dag, task, task_group
 from operators import DeploymentSettings, GpuPodOperator
 from vlmprobe.alerts import FailureWebhook, deadline_alert
 from vlmprobe.config import ProbeConfig, QAConfig
-from vlmprobe.lineage import QA_DATASET
+from vlmprobe.lineage import QA_DATASET, report_linked_task
 from vlmprobe.params import DEFAULTS_ENV, PARAM_SPECS, default_overrides, resolve_params, run_params
 from vlmprobe.preflight import preflight
 from vlmprobe.rundate import NIGHTLY_CRON, run_date_of_dag_run
@@ -137,7 +138,8 @@ def vlm_failure_pipeline():
         )
 
     # none_failed: a run with no verified failures maps zero shards and still publishes.
-    @task(trigger_rule="none_failed", outlets=[QA_DATASET])
+    # report_linked_task: @task with a "Run report" link on the task (vlmprobe.lineage).
+    @report_linked_task(trigger_rule="none_failed", outlets=[QA_DATASET])
     def publish(params=None, dag_run=None, outlet_events=None) -> dict:
         from vlmprobe.tasks import publish_task
 

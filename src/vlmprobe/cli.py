@@ -1,5 +1,10 @@
 """The ``vlmprobe`` console script: one subcommand per step, plus demo data and the Gemini simulator.
 
+Subcommands: ``probe``, ``sample-keys``, ``qa``, ``publish`` (the steps); ``report RUN_URI`` (a
+run's report.html again), ``compare RUN_A RUN_B`` (two nights' failure keys, with significance),
+``trend OUTPUT_URI --nights N`` (failure rate per category over nights) — :mod:`vlmprobe.report`;
+``demo-data``, ``gemini-sim``.
+
 Step options are generated from the step's config model, so the CLI, the config and the DAG's
 params share one set of names and bounds. A step's return value is printed as JSON and, when
 ``VLMPROBE_XCOM_FILE`` is set (the pod's ``/airflow/xcom/return.json``), written there for XCom.
@@ -156,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmprobe.demo import data as demo_data
     from vlmprobe.sim import cli as sim_cli
 
+    from vlmprobe.report.commands import COMMANDS as REPORT_COMMANDS
+
+    for name, (help_, add_arguments, _) in REPORT_COMMANDS.items():
+        add_arguments(add(name, help=help_, description=help_))
     demo_data.add_arguments(add("demo-data", help="Write synthetic parquet files and a tiny LLaVA for the offline demo."))
     sim_cli.add_arguments(add("gemini-sim", help="Serve the Gemini simulator on loopback (tests and the offline demo)."))
     return parser
@@ -261,6 +270,10 @@ def _run(args: argparse.Namespace, argv: list[str], debug: bool) -> int:
         from vlmprobe.sim import cli as sim_cli
 
         return sim_cli.main(args)
+    if args.command in ("report", "compare", "trend"):
+        from vlmprobe.report.commands import COMMANDS as REPORT_COMMANDS
+
+        return REPORT_COMMANDS[args.command][2](args)
     model, run, _ = STEPS[args.command]
     config = _config_from_args(model, args)  # validated before any rank starts
     nproc = getattr(args, "nproc_per_node", None)

@@ -695,6 +695,8 @@ class Provenance(_Part):
     input_uri: str
     input_files: list[InputFile]  # every file the probe read, with its fingerprint
     conf: dict[str, Any] | None  # the conf the run was triggered with; None: not known (the CLI without --conf-json)
+
+
 class QANight(_Part):
     """QA against its reservation in the night's plan."""
 
@@ -711,6 +713,16 @@ class ManifestNight(_Part):
     probe: NightOutcome
     qa: QANight
     limited_by: Limit  # what limited the night: the probe's limit, else QA's, else none
+
+
+class RunReport(_Part):
+    """Where publish wrote the run's report (:mod:`vlmprobe.report`) and what it could not show."""
+
+    uri: str
+    size_bytes: int
+    compared_with: str | None  # the run date of the previous completed night it compares with; None: none
+    thumbnails: int  # example images shown
+    notes: list[str]  # what could not be read (an image, the previous night, ...), as the report says
 
 
 class Manifest(Contract):
@@ -735,6 +747,8 @@ class Manifest(Contract):
     dataset: ManifestDataset | None = None  # None: published before issue 17
     provenance: Provenance | None = None  # None: published before issue 17
     night: ManifestNight | None = None  # the night's plan against what happened (absent before plans)
+    report: RunReport | None = Field(None, description="The run's report.html; null when it could not be rendered "
+                                                       "(the publish log says why; `vlmprobe report` makes it again).")
 
 
 CONTRACTS: tuple[type[Contract], ...] = (ProbeSuccess, ProbeJournalHeader, ShardPlan, QAJournalHeader, QAShardStats,

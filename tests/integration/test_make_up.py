@@ -75,6 +75,7 @@ def test_make_up_trigger_with_override_and_make_down(local_airflow):
     from airflow_client.client.api.asset_api import AssetApi
     from airflow_client.client.api.dag_api import DAGApi
     from airflow_client.client.api.dag_run_api import DagRunApi
+    from airflow_client.client.api.extra_links_api import ExtraLinksApi
     from airflow_client.client.models.dag_patch_body import DAGPatchBody
     from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
 
@@ -111,3 +112,9 @@ def test_make_up_trigger_with_override_and_make_down(local_airflow):
     events = AssetApi(api).get_asset_events(source_dag_id=DAG_ID, source_run_id=run.dag_run_id).asset_events
     (event,) = events
     assert event.extra["run_date"] == run_date and event.extra["counts"]["qa"] == manifest["qa"]["counts"]
+
+    # the publish task links the run's report: the button on the task's page, as the REST API serves it
+    report = local_airflow["state"] / "runs" / run_date / "report.html"
+    assert manifest["report"]["uri"] == str(report) and report.read_text().startswith("<!DOCTYPE html>")
+    links = ExtraLinksApi(api).get_extra_links(DAG_ID, run.dag_run_id, "publish").extra_links
+    assert links == {"Run report": report.as_uri()}

@@ -270,3 +270,25 @@ def test_the_preflight_checks_input_and_output_on_the_store(store, demo_parquet)
         preflight({"params": {**params, "input_uri": f"{root}/missing/{{run_date}}"}, "dag_run": run})
     with pytest.raises(AirflowFailException, match=rf"input {root}/notes/{RUN_DATE} .* holds no .parquet files"):
         preflight({"params": {**params, "input_uri": f"{root}/notes/{{run_date}}"}, "dag_run": run})
+
+
+def test_the_report_is_stored_as_html_and_its_link_serves_it(store):
+    """The report's object keeps ``Content-Type: text/html`` through the atomic write's final copy (a browser
+    shows it rather than downloading it), and the report link on an emulator's endpoint fetches it."""
+    from vlmprobe.report.link import report_url
+    from vlmprobe.report.render import HTML
+
+    uri = f"{_fresh(store, 'report')}/2026-11-25/report.html"
+    page = "<!DOCTYPE html><html><body>the night</body></html>"
+    write_bytes(uri, page.encode(), content_type=HTML)
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        meta = {k.lower(): v for k, v in dict(f.metadata()).items()}
+    assert meta.get("content-type", meta.get("contenttype", b"")).startswith(b"text/html"), meta
+    if store.scheme == "s3":
+        # a private bucket refuses the browser's anonymous GET: the link needs a readable bucket or the store's login
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(report_url(uri), timeout=10)
+        return
+    with urllib.request.urlopen(report_url(uri), timeout=10) as resp:  # the GCS emulator serves anyone
+        assert resp.headers["Content-Type"].startswith("text/html") and resp.read().decode() == page

@@ -85,3 +85,4 @@ def test_publish_emits_the_qa_dataset_event_with_the_manifest_counts(tmp_path, d
     assert extra["run_date"] == RUN_DATE and extra["manifest_uri"] == out["manifest_uri"]
     assert extra["counts"] == {"probe": m["probe"]["counts"], "sample": m["sample"]["counts"], "qa": m["qa"]["counts"]}
     assert extra["counts"]["probe"]["rows"] == 5 and extra["qa_items"] == 0 and extra["qa_uris"] == []
+    assert extra["report_uri"] == out["report_uri"] == m["report"]["uri"]  # a night with no failure has a report too

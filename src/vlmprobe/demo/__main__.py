@@ -7,7 +7,8 @@
    probe pod's ranks (2 on the CPU) and each QA pod run as local processes;
 4. prints where the QA dataset and manifest are, its item count, one line per step of what the
    teacher cost (requests, retries, 429s, tokens, estimated cost), how many QA items the target
-   failed (the QA shards put every item to the tiny LLaVA: ``qa_target_check=on``) and three items.
+   failed (the QA shards put every item to the tiny LLaVA: ``qa_target_check=on``), three items,
+   and last the path of the run report (``report.html``: open it in a browser).
 
 Everything goes under ``demo-output/`` (git-ignored); rerunning replaces the run's outputs.
 """
@@ -115,6 +116,11 @@ def main() -> int:
         keep = {k: item[k] for k in ("failure_key", "answer_type", "question", "choices", "answer")}
         print("  " + json.dumps(keep, ensure_ascii=False))
     print(f"done in {time.monotonic() - t0:.0f} s")
+    if manifest.report is None:  # publish logged why (a WARNING); the run itself is fine
+        print(f"report:      not written (see {out / 'airflow-dags-test.log'}); make it with: vlmprobe report "
+              f"{layout.root}")
+    else:
+        print(f"report:      {manifest.report.uri}")
     return 0 if items else 1
 
 

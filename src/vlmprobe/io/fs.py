@@ -169,11 +169,13 @@ def _temp_name(path: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_write(uri: str, mode: str = "w") -> Iterator[IO]:
+def atomic_write(uri: str, mode: str = "w", content_type: str | None = None) -> Iterator[IO]:
     """Open ``uri`` for writing; the file appears under its name only if the block succeeds.
 
     An existing file of that name is replaced (atomically locally; on object stores by the
     final copy). Nothing appears, and no temporary file stays, when the block raises.
+    ``content_type``: the object's ``Content-Type`` on object stores (the final copy keeps it),
+    so that a browser shows an HTML file rather than downloading it; local files have none.
     """
     if mode not in ("w", "wb"):
         raise ValueError("atomic_write supports modes 'w' and 'wb'")
@@ -194,7 +196,8 @@ def atomic_write(uri: str, mode: str = "w") -> Iterator[IO]:
         return
     done = False
     try:
-        with fs.open_output_stream(tmp) as raw:
+        metadata = {"Content-Type": content_type} if content_type else None
+        with fs.open_output_stream(tmp, metadata=metadata) as raw:
             if "b" in mode:
                 yield raw
             else:
@@ -210,8 +213,8 @@ def atomic_write(uri: str, mode: str = "w") -> Iterator[IO]:
                 fs.delete_file(tmp)
 
 
-def write_bytes(uri: str, data: bytes) -> None:
-    with atomic_write(uri, "wb") as f:
+def write_bytes(uri: str, data: bytes, content_type: str | None = None) -> None:
+    with atomic_write(uri, "wb", content_type) as f:
         f.write(data)
 
 

@@ -120,6 +120,11 @@ class RunLayout:
         return join(self.root, "README.md")
 
     @property
+    def report(self) -> str:
+        """The run's report, one self-contained HTML file (:mod:`vlmprobe.report`), next to the manifest."""
+        return join(self.root, "report.html")
+
+    @property
     def teacher_dir(self) -> str:
         return join(self.root, "_teacher")
 
@@ -132,14 +137,14 @@ class RunLayout:
         manifest. ``qa`` with ``shard_index``: that shard's outputs (JSONL and Parquet), stats, error
         file and temporary files, and the manifest (the other shards may be running; they stay).
         ``qa`` without a shard: every shard, as for ``sample`` less ``sample/``. ``publish``: the
-        manifest. The dataset card (``README.md``) goes with the manifest. Temporary files of killed
-        writers go with the folders they are in.
+        manifest. Every step's rerun removes the manifest and the report with it. Temporary files of
+        killed writers go with the folders they are in.
         """
         if step not in STEPS:
             raise ValueError(f"unknown step {step!r}; one of {STEPS}")
-        # the manifest, and a killed publish's temporary manifest, are stale after any rerun
-        doomed: list[str] = [self.manifest, self.manifest_failed] + [u for u in list_dir(self.root)
-                                                                    if is_temp_name(basename(u))]
+        # the manifest and the report, and a killed publish's temporary files, are stale after any rerun
+        doomed: list[str] = [self.manifest, self.manifest_failed, self.report] + [u for u in list_dir(self.root)
+                                                                                 if is_temp_name(basename(u))]
         doomed.append(self.dataset_card)  # it describes the published run
         if step == "qa" and shard_index is not None:
             mine = {basename(u) for u in (self.qa_shard(shard_index), self.qa_stats(shard_index),

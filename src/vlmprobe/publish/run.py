@@ -48,6 +48,7 @@ from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_t
 from vlmprobe.io.fs import basename, list_dir
 from vlmprobe.provenance import run_provenance
 from vlmprobe.publish.dataset import check_parquet, write_card
+from vlmprobe.report.render import report_for_publish
 from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
 
 log = logging.getLogger("vlmprobe.publish")
@@ -270,6 +271,7 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
         provenance=run_provenance(probe, cfg.run_conf(), worker_images),
         night=night,
     )
+    manifest.report = report_for_publish(layout, manifest)  # never fails the run: a WARNING and report: null
     if failed:
         manifest.write(layout.manifest_failed)
         raise RunFailed(f"run {cfg.run_date} failed: " + "; ".join(failed) +
@@ -290,7 +292,7 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
     for step, figures in (("probe", probe_teacher), ("qa", qa_teacher_figures)):
         log.info("teacher %s", teacher_line(step, figures))
     return {"manifest_uri": layout.manifest, "qa_items": qa_counts["items"], "qa_uris": manifest.outputs.qa,
-            "dataset_card": layout.dataset_card}
+            "dataset_card": layout.dataset_card, "report_uri": manifest.report.uri if manifest.report else None}
 
 
 def night_summary(probe: ProbeSuccess, qa_counts: Mapping[str, int], qa_reasons: Mapping[str, int],
