@@ -89,6 +89,8 @@ def test_params_are_typed_bounded_described(dag):
                  "thinking_budget", "teacher_image_max_side", "max_cost_usd"}  # teacher
     expected |= {"max_new_tokens", "qa_target_check", "qa_keep"}  # target (issue 9)
     expected |= {"min_per_key", "max_per_category"}  # data (issue 8)
+    expected |= {"teacher_service_tier", "qa_mode", "batch_deadline_h", "batch_poll_s",  # tiers (issue 16)
+                 "teacher_media_resolution_factor", "teacher_media_resolution_verify", "teacher_media_resolution_qa"}
     params = dag.params
     assert set(params.keys()) == expected
     for name in params.keys():

@@ -335,7 +335,7 @@ def _answer(sim: GeminiSimulator, job: Job, request: _Request, rng: random.Rando
         return f"error_{code}", {"error": _error(code, status, message)}
     fault = faults.draw_fault(rng, sim.fault_rates())
     try:
-        prompt, media = read_prompt(request.body)
+        prompt, media = read_prompt(request.body, job.model)
     except BadRequest as e:
         return "bad_request", {"error": _error(400, "INVALID_ARGUMENT", str(e))}
     prompt_tokens = math.ceil(len(prompt) / 4) + media

@@ -8,8 +8,14 @@ own ledger.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# A fixed concurrency below this at flex is warned about (the automatic one goes up to 512 there).
+FLEX_LOW_CONCURRENCY = 64
 
 
 def teacher_folder(cfg: Any) -> str:
@@ -26,6 +32,11 @@ def process_name(cfg: Any) -> str:
     return f"probe-rank-{int(os.environ.get('RANK', 0)):05d}"
 
 
+def media_resolutions(cfg: Any) -> dict[str, str]:
+    """The media_resolution of each request kind (factor, verify, qa) from a config's TeacherSettings."""
+    return {kind: getattr(cfg, f"teacher_media_resolution_{kind}", "unspecified") for kind in ("factor", "verify", "qa")}
+
+
 def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | None = None,
                  service_tier: str | None = None):
     """A :class:`~vlmprobe.teacher.client.Teacher` for a config with the TeacherSettings fields.
@@ -38,6 +49,12 @@ def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | No
     from vlmprobe.teacher.quota import QuotaLimits
     from vlmprobe.teacher.retry import RetryPolicy
 
+    tier = service_tier or getattr(cfg, "teacher_service_tier", None) or "standard"
+    if tier == "flex" and 0 < cfg.concurrency < FLEX_LOW_CONCURRENCY:
+        # Little's law: at flex's minutes per answer, 16 in flight is about 3 requests a minute
+        logger.warning("concurrency=%d at the flex tier keeps at most %d requests in flight; flex answers take "
+                       "minutes, so that is a few requests a minute: use concurrency 0 (automatic, sized for flex)",
+                       cfg.concurrency, cfg.concurrency)
     limits = QuotaLimits(rpm=cfg.teacher_rpm, tpm=cfg.teacher_tpm, rpd=cfg.teacher_rpd,
                          max_cost_usd=cfg.max_cost_usd)
     retry = RetryPolicy(window_s=cfg.teacher_retry_window_s, max_attempts=cfg.max_attempts or None)
@@ -54,5 +71,6 @@ def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | No
         max_output_tokens={"factor": cfg.max_output_tokens_factor, "verify": cfg.max_output_tokens_verify,
                            "qa": cfg.max_output_tokens_qa},
         image_max_side=cfg.teacher_image_max_side,
-        service_tier=service_tier or getattr(cfg, "teacher_service_tier", None) or "standard",
+        media_resolution=media_resolutions(cfg),
+        service_tier=tier,
     )

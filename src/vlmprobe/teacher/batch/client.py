@@ -51,8 +51,8 @@ class BatchClient:
     bounds the batch from the first job's intent; ``max_resubmits`` how often a request that failed
     in a job is sent again in a new one; ``inline_max_bytes`` (0: never) the largest job sent inline.
     ``poll_s`` is the time between polls in :meth:`run` (and the trigger's hint). ``thinking_budget``,
-    ``max_output_tokens`` per request kind and ``image_max_side`` build the requests as the online
-    Teacher does. ``retry`` bounds the retries of each API call (create, get, upload, download...);
+    ``max_output_tokens`` and ``media_resolution`` per request kind and ``image_max_side`` build the
+    requests as the online Teacher does. ``retry`` bounds the retries of each API call (create, get, upload, download...);
     ``timeout_s`` one HTTP call. ``client`` shares an open google-genai client (not closed here).
     """
 
@@ -72,6 +72,7 @@ class BatchClient:
         thinking_budget: int | None = 0,
         max_output_tokens: Mapping[str, int] | None = None,
         image_max_side: int = 768,
+        media_resolution: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float = 120.0,
     ) -> None:
@@ -96,6 +97,7 @@ class BatchClient:
         self.thinking_budget = thinking_budget_for(model, thinking_budget)
         self.max_output_tokens = {**DEFAULT_MAX_OUTPUT_TOKENS, **(max_output_tokens or {})}
         self.image_max_side = image_max_side
+        self.media_resolution = dict(media_resolution or {})
         self.retry = retry or RetryPolicy()
         self.timeout_s = timeout_s
         self._api_key = api_key
@@ -213,10 +215,13 @@ class BatchClient:
                 raise ValueError(f"two batch requests share the key {request.key!r}: keys must be unique")
             cached = self._prepared.get(request.key)
             if cached is None or cached.request is not request:
-                contents = await contents_of(request.prompt, request.images, self.image_max_side)
+                resolution = self.media_resolution.get(request.kind) if request.kind else None
+                contents = await contents_of(request.prompt, request.images, self.image_max_side, model=self.model,
+                                             media_resolution=resolution)
                 max_output = request.max_output_tokens or (
                     self.max_output_tokens.get(request.kind) if request.kind else None)
-                config = generation_config(request.schema, request.temperature, max_output, self.thinking_budget)
+                config = generation_config(request.schema, request.temperature, max_output, self.thinking_budget,
+                                           media_resolution=resolution)
                 body = request_body(contents.parts, config)
                 cached = self._prepared[request.key] = Prepared(request, body, request_sha256(body))
             out[request.key] = cached

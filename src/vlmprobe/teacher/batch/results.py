@@ -133,7 +133,8 @@ def config_of(body: dict[str, Any]) -> dict[str, Any]:
     generation = body.get("generationConfig") or {}
     config: dict[str, Any] = {}
     names = {"responseMimeType": "response_mime_type", "responseJsonSchema": "response_json_schema",
-             "temperature": "temperature", "maxOutputTokens": "max_output_tokens"}
+             "temperature": "temperature", "maxOutputTokens": "max_output_tokens",
+             "mediaResolution": "media_resolution"}
     for wire, name in names.items():
         if wire in generation:
             config[name] = generation[wire]
