@@ -49,7 +49,9 @@ class BatchClient:
 
     ``display_prefix`` starts every job's display name (:func:`display_prefix`). ``deadline_h``
     bounds the batch from the first job's intent; ``max_resubmits`` how often a request that failed
-    in a job is sent again in a new one; ``inline_max_bytes`` (0: never) the largest job sent inline.
+    in a job is sent again in a new one (``resend=False``: never, nor one that no job holds: :meth:`collect`
+    hands them to online at once, e.g. in a pod that must not wait for a new job); ``inline_max_bytes``
+    (0: never) the largest job sent inline.
     ``poll_s`` is the time between polls in :meth:`run` (and the trigger's hint). ``thinking_budget``,
     ``max_output_tokens`` and ``media_resolution`` per request kind and ``image_max_side`` build the
     requests as the online Teacher does. ``retry`` bounds the retries of each API call (create, get, upload, download...);
@@ -67,6 +69,7 @@ class BatchClient:
         client: genai.Client | None = None,
         deadline_h: float = 24.0,
         max_resubmits: int = 2,
+        resend: bool = True,
         inline_max_bytes: int = 0,
         poll_s: float = 30.0,
         thinking_budget: int | None = 0,
@@ -92,6 +95,7 @@ class BatchClient:
         self.base_url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
         self.deadline_s = deadline_h * 3600.0
         self.max_resubmits = max_resubmits
+        self.resend = resend
         self.inline_max_bytes = inline_max_bytes
         self.poll_s = poll_s
         self.thinking_budget = thinking_budget_for(model, thinking_budget)
@@ -505,10 +509,10 @@ class BatchClient:
                 outcome.pending.append(key)
             else:
                 reason, retryable = verdict
-                if retryable and not past and len(jobs) <= self.max_resubmits:
+                if self.resend and retryable and not past and len(jobs) <= self.max_resubmits:
                     resend.append(item)
                 else:
-                    reason = "deadline" if reason == "unsubmitted" else reason
+                    reason = "deadline" if reason == "unsubmitted" and past else reason
                     outcome.go_online[key] = GoOnline(key, reason, len(jobs))
         outcome.usage = billed.usage
         tally = billed.by_tier.get("batch")
