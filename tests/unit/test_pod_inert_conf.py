@@ -18,7 +18,7 @@ from podrender import render_pod, render_task, resolve_params
 RUN = pendulum.datetime(2026, 11, 25, 2, tz="UTC")
 PROBE = "$(GEMINI_API_KEY)"
 SECRET_VALUE = "AIza-the-real-key-would-be-here"
-POD_TASKS = [("probe", None), ("qa.generate", {"shard_index": "0"})]
+POD_TASKS = [("probe", None), ("qa.generate", {"shard_index": "0"}), ("qa.submit", {"shard_index": "0"})]
 
 
 def _probe_conf(dag):
