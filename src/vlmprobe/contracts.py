@@ -563,6 +563,36 @@ class Checks(_Part):
     budget_reached_rows: BudgetReachedRows
 
 
+class ModeFigures(_Part):
+    """The teacher's answers billed at one tier or mode (standard, flex, priority online; batch):
+    how many, their tokens, their cost there, and what the same tokens cost online at standard."""
+
+    requests: int  # answers billed (a failed attempt with no answer is not billed)
+    prompt_tokens: int
+    output_tokens: int
+    thinking_tokens: int
+    cached_tokens: int
+    estimated_cost_usd: float | None  # None: some answers have no price at this tier (priority)
+    standard_cost_usd: float
+
+
+class StepModes(_Part):
+    """A step's teacher cost per tier or mode, in all, and what it saved against standard online."""
+
+    by_mode: dict[str, ModeFigures]
+    estimated_cost_usd: float | None
+    standard_cost_usd: float
+    saving_usd: float | None  # standard_cost_usd - estimated_cost_usd
+
+
+class TeacherModes(_Part):
+    """Per step (probe, qa) and for the run: what the teacher cost at the tiers and modes that served it."""
+
+    probe: StepModes
+    qa: StepModes
+    run: StepModes
+
+
 class Manifest(Contract):
     """``manifest.json`` (a published run) or ``manifest.failed.json`` (with ``failed``: why it failed)."""
 
@@ -582,6 +612,8 @@ class Manifest(Contract):
     outputs: Outputs
     checks: Checks
     failed: list[str] | None = Field(None, description="Why the run failed (manifest.failed.json only).")
+    teacher_modes: TeacherModes | None = Field(None, description="The teacher's cost per step and per tier or "
+                                               "mode (standard, flex, priority, batch) next to standard online.")
 
 
 CONTRACTS: tuple[type[Contract], ...] = (ProbeSuccess, ProbeJournalHeader, ShardPlan, QAJournalHeader, QAShardStats,

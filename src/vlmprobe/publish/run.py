@@ -41,7 +41,8 @@ from vlmprobe.contracts import (AttemptFigures, BoundBy, BudgetReachedRows, Chec
 from vlmprobe.errors import VlmprobeError
 from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_tree
 from vlmprobe.io.fs import basename, list_dir
-from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
+from vlmprobe.publish.costs import recorded_cost_usd, teacher_modes
+from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE
 
 log = logging.getLogger("vlmprobe.publish")
 
@@ -66,9 +67,11 @@ def _count_lines(uri: str) -> int:
 def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> TeacherFigures:
     """A step's teacher figures from its processes' ``teacher`` stats (probe ranks, QA shards).
 
-    The cost is estimated from the summed tokens with the one price table
-    (:mod:`vlmprobe.teacher.pricing`): cached prompt tokens at the cached rate, thinking as output.
+    The cost is what the processes recorded per tier or mode (:mod:`vlmprobe.publish.costs`: each
+    answer at the price of the tier that served it, batch at batch prices; the one price table,
+    :mod:`vlmprobe.teacher.pricing`: cached prompt tokens at the cached rate, thinking as output).
     """
+    stats = list(stats)
     total: Counter[str] = Counter()
     gave_up: Counter[str] = Counter()
     processes = 0
@@ -82,15 +85,15 @@ def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> Te
         paused += float(s.get("paused_s") or 0.0)
     return TeacherFigures(
         **{k: total[k] for k in TEACHER_SUMS},
-        estimated_cost_usd=estimate_cost(model, total["prompt_tokens"], total["output_tokens"],
-                                         total["cached_tokens"]),
+        estimated_cost_usd=recorded_cost_usd(stats, model),
         gave_up=dict(gave_up), paused_s=round(paused, 3), processes=processes)
 
 
 def _sum_figures(model: str, *steps: TeacherFigures) -> RunTeacherFigures:
     total = {k: sum(getattr(s, k) for s in steps) for k in TEACHER_SUMS}
-    return RunTeacherFigures(**total, estimated_cost_usd=estimate_cost(
-        model, total["prompt_tokens"], total["output_tokens"], total["cached_tokens"]))
+    known = all(s.estimated_cost_usd is not None for s in steps)  # the steps' recorded costs, summed
+    return RunTeacherFigures(**total, estimated_cost_usd=round(sum(s.estimated_cost_usd or 0.0 for s in steps), 6)
+                             if known else None)
 
 
 def _ledgers(layout: RunLayout) -> dict[str, AttemptFigures]:
@@ -249,6 +252,7 @@ def publish(cfg: PublishConfig) -> dict[str, Any]:
         outputs=Outputs(qa=[s.uri for s in shards], failures=plan.failures_uri, errors=layout.errors_dir),
         checks=checks,
         failed=failed or None,
+        teacher_modes=teacher_modes([r.teacher for r in probe.ranks], qa_teacher, model),
     )
     if failed:
         manifest.write(layout.manifest_failed)
