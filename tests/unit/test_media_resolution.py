@@ -103,3 +103,21 @@ def test_the_probe_holds_as_many_rows_with_the_teacher_as_its_tier_allows_in_fli
     cfg = ProbeConfig(output_uri=str(tmp_path), run_date="2026-11-25", input_uri=str(tmp_path),
                       teacher_service_tier=tier, concurrency=concurrency)
     assert RankProbe(cfg, 0, target=None, journal=None).concurrency == expected
+
+
+def test_a_request_with_an_image_is_written_for_a_batch_as_google_genai_sends_it_online():
+    from vlmprobe.teacher.request import request_sha256
+
+    image = _png(1000, 800)
+
+    async def ask(base_url: str):
+        async with Teacher("gemini-2.5-flash", api_key="k", base_url=base_url, media_resolution={"qa": "low"}) as t:
+            await t.generate("hello", Echo, images=[(image, "image/png")], kind="qa")
+        contents = await contents_of("hello", [(image, "image/png")], 768, model="gemini-2.5-flash",
+                                     media_resolution="low")
+        return request_body(contents.parts, generation_config(Echo, 0.2, 2048, 0, media_resolution="low"))
+
+    with GeminiSimulator(port=0) as sim:
+        body = asyncio.run(ask(sim.base_url))
+        (entry,) = sim.request_log()
+    assert request_sha256(body) == entry["sha256"]  # so a batch answer is the online answer

@@ -140,9 +140,10 @@ def _part_json(part: types.Part) -> dict[str, Any]:
     if part.text is not None:
         return {"text": part.text}
     if part.inline_data is not None and part.inline_data.data is not None:
-        # google-genai sends bytes as URL-safe base64.
+        # google-genai sends bytes as URL-safe base64, and the Blob's fields as it dumps them
+        # (mime_type in snake_case, as thinking_config): a batch line is the online body, byte for byte.
         data = base64.urlsafe_b64encode(part.inline_data.data).decode("ascii")
-        return {"inlineData": {"data": data, "mimeType": part.inline_data.mime_type}}
+        return {"inlineData": {"data": data, "mime_type": part.inline_data.mime_type}}
     raise ValueError("request_body writes text and inline-data parts only.")
 
 
