@@ -31,7 +31,8 @@ def airflow_env(tmp_path_factory):
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": str(REPO),
+        # the checkout's packages first, as the demo does (a PYTHONPATH already set stays after it)
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         "VLMPROBE_POD_MODE": "local",
         # Airflow 3.3.2's `dags test` cannot finish a successful run of a DAG with a DeadlineAlert
@@ -123,6 +124,9 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert proc.returncode == 0, logs[-4000:]
     assert "e2e-secret-value-1234" not in logs  # the key never reaches the task logs
     assert "preflight passed for run date 2026-11-25" in logs
+    # online mode: the batch tasks skip without a pod, the shards run as they always did
+    assert "qa_mode is online: no Batch API job for this shard" in logs
+    assert not _lines_with(logs, "--qa-phase submit")
 
     m = read_json(str(tmp_path / RUN_DATE / "manifest.json"))
     assert m["run_date"] == RUN_DATE
@@ -158,3 +162,33 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert event["extra"]["counts"] == {"probe": pc, "sample": sc, "qa": qc}
     assert event["extra"]["qa_items_target_failed"] == m["qa"]["target_check"]["items_target_failed"]
     assert event["extra"]["teacher"]["requests"] == t["run"]["requests"]
+
+
+def test_whole_dag_with_qa_in_batch_mode(airflow_env, tmp_path, demo_parquet, tiny_llava):
+    from vlmprobe.sim import GeminiSimulator
+
+    conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
+            "nproc_per_node": 2, "failure_batch_size": 6, "parquet_sample_size": 4, "samples_per_key": 2,
+            "num_shards": 2, "concurrency": 4, "qa_mode": "batch", "batch_poll_s": 0.5}
+    with GeminiSimulator(port=0, latency_ms=5, rate_503=0.05, batch_pending_s=1, batch_running_s=1,
+                         batch_error_rate=0.1, seed=11) as sim:
+        env = {**airflow_env, "GEMINI_API_KEY": "e2e-batch-secret-5678", "VLMPROBE_GEMINI_BASE_URL": sim.base_url}
+        proc, logs = _dags_test(env, conf)
+        batch = sim.batch_stats()
+    assert proc.returncode == 0, logs[-4000:]
+    assert "e2e-batch-secret-5678" not in logs
+    m = read_json(str(tmp_path / RUN_DATE / "manifest.json"))
+    shards = len(m["qa"]["shards"])
+    # one job per shard, submitted by qa.submit, waited for by qa.wait in the (inline) triggerer
+    assert shards == 2 and batch["jobs_created"] == shards and batch["files_uploaded"] == shards
+    assert len(_lines_with(logs, "--qa-phase submit")) == shards and _lines_with(logs, "waiting in the triggerer")
+    qc = m["qa"]["counts"]
+    assert qc["failures"] == m["sample"]["counts"]["sampled"] == qc["failures_with_items"] + qc["errors"]
+    assert qc["items"] > 0
+    # the manifest shows QA per mode: batch at half of standard; what the jobs did not answer, online
+    qa = m["teacher_modes"]["qa"]
+    assert qa["by_mode"]["batch"]["requests"] > 0
+    assert qa["by_mode"]["batch"]["estimated_cost_usd"] * 2 == pytest.approx(qa["by_mode"]["batch"]["standard_cost_usd"],
+                                                                             rel=1e-3)
+    assert m["teacher"]["qa"]["estimated_cost_usd"] == pytest.approx(qa["estimated_cost_usd"])
+    assert qa["saving_usd"] > 0 and set(m["teacher_modes"]["probe"]["by_mode"]) == {"standard"}
