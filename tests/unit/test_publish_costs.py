@@ -45,7 +45,8 @@ def test_a_step_s_cost_is_what_its_processes_recorded_at_each_tier():
     assert modes.run.standard_cost_usd == pytest.approx(modes.probe.standard_cost_usd + modes.qa.standard_cost_usd)
     assert modes.run.saving_usd > 0
     assert modes.run.saving_usd == pytest.approx(modes.run.standard_cost_usd - modes.run.estimated_cost_usd)
-    assert "saved" in saving_line(modes) and "batch 9 answers" in saving_line(modes)
+    assert saving_line("qa", modes.qa).startswith("qa by mode: batch 9 answers $")
+    assert "saved $" in saving_line("run", modes.run)
     # stats from before the tiers: standard online, priced from their tokens
     old = {"requests": 3, "prompt_tokens": 3000, "output_tokens": 600}
     assert teacher_figures([old], MODEL).estimated_cost_usd == pytest.approx(estimate_cost(MODEL, 3000, 600))

@@ -115,8 +115,9 @@ def main() -> int:
     print(f"             qa {_as_in_file(manifest.qa.counts)}")
     for step, figures in (("probe", manifest.teacher.probe), ("qa", manifest.teacher.qa)):
         print(f"{'teacher:' if step == 'probe' else '':<13}{teacher_line(step, figures)}")
-    if manifest.teacher_modes is not None:
-        print(f"{'':<13}{saving_line(manifest.teacher_modes)}")
+    if manifest.teacher_modes is not None:  # what each mode cost next to standard online: the saving
+        for label, step in (("qa", manifest.teacher_modes.qa), ("run", manifest.teacher_modes.run)):
+            print(f"{'':<13}{saving_line(label, step)}")
     check = manifest.qa.target_check
     if check:
         print(f"target check: the target failed {check.items_target_failed} of {check.items_checked} QA items "

@@ -82,13 +82,12 @@ def recorded_cost_usd(stats: Iterable[Mapping[str, Any] | None], model: str) -> 
     return step_modes(stats, model).estimated_cost_usd
 
 
-def saving_line(modes: TeacherModes) -> str:
-    """One line: the run's teacher cost per tier or mode and what it saved against standard online."""
-    run = modes.run
+def saving_line(label: str, step: StepModes) -> str:
+    """One line: a step's (or the run's) teacher cost per tier or mode and what it saved against standard online."""
     parts = ", ".join(f"{tier} {m.requests} answers ${m.estimated_cost_usd:.4f}" if m.estimated_cost_usd is not None
-                      else f"{tier} {m.requests} answers (no price)" for tier, m in run.by_mode.items())
-    if run.estimated_cost_usd is None:
-        return f"teacher by mode: {parts}; the same work at standard online ${run.standard_cost_usd:.4f}"
-    share = run.estimated_cost_usd / run.standard_cost_usd if run.standard_cost_usd else 1.0
-    return (f"teacher by mode: {parts}; total ${run.estimated_cost_usd:.4f} vs ${run.standard_cost_usd:.4f} at "
-            f"standard online: saved ${run.saving_usd:.4f} ({1 - share:.0%})")
+                      else f"{tier} {m.requests} answers (no price)" for tier, m in step.by_mode.items())
+    if step.estimated_cost_usd is None:
+        return f"{label} by mode: {parts}; the same work at standard online ${step.standard_cost_usd:.4f}"
+    share = step.estimated_cost_usd / step.standard_cost_usd if step.standard_cost_usd else 1.0
+    return (f"{label} by mode: {parts}; ${step.estimated_cost_usd:.4f} vs ${step.standard_cost_usd:.4f} at "
+            f"standard online: saved ${step.saving_usd:.4f} ({1 - share:.0%})")
