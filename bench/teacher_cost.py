@@ -91,7 +91,8 @@ async def _tokens_per_request(base_url: str, rows: list[dict[str, Any]], kind: s
         await asyncio.gather(*(one(row) for row in rows))
         stats = teacher.stats
     n = len(rows)
-    return stats["prompt_tokens"] / n, stats["output_tokens"] / n, stats["by_tier"]["standard"]["estimated_cost_usd"] / n
+    usd = stats["by_tier"]["standard"]["estimated_cost_usd"]
+    return stats["prompt_tokens"] / n, stats["output_tokens"] / n, usd / n
 
 
 # -- 2. QA per 1,000 items ----------------------------------------------------------------------

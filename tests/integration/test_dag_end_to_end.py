@@ -188,7 +188,7 @@ def test_whole_dag_with_qa_in_batch_mode(airflow_env, tmp_path, demo_parquet, ti
     # the manifest shows QA per mode: batch at half of standard; what the jobs did not answer, online
     qa = m["teacher_modes"]["qa"]
     assert qa["by_mode"]["batch"]["requests"] > 0
-    assert qa["by_mode"]["batch"]["estimated_cost_usd"] * 2 == pytest.approx(qa["by_mode"]["batch"]["standard_cost_usd"],
-                                                                             rel=1e-3)
+    batch_mode = qa["by_mode"]["batch"]
+    assert batch_mode["estimated_cost_usd"] * 2 == pytest.approx(batch_mode["standard_cost_usd"], rel=1e-3)
     assert m["teacher"]["qa"]["estimated_cost_usd"] == pytest.approx(qa["estimated_cost_usd"])
     assert qa["saving_usd"] > 0 and set(m["teacher_modes"]["probe"]["by_mode"]) == {"standard"}

@@ -4,8 +4,8 @@ Each process's teacher stats carry ``by_tier`` (:meth:`vlmprobe.teacher.usage.Le
 per tier (standard, flex, priority online; batch for QA's Batch API jobs) the answers billed, their
 tokens, their cost at that tier and the same tokens at standard. A step's cost is the sum of those
 recorded costs, not its tokens priced again at standard; stats written before tiers existed (no
-``by_tier``) count as standard online, priced from their tokens (their requests standing for answers). A tier with answers and no price
-(priority) makes the step's cost unknown (None).
+``by_tier``) count as standard online, priced from their tokens (their requests standing for
+answers). A tier with answers and no price (priority) makes the step's cost unknown (None).
 """
 
 from __future__ import annotations

@@ -123,10 +123,11 @@ async def _until_complete(cfg: QAConfig, teacher: Any, batch: Any, requests: lis
                 return outcome
             continue  # what failed went into a new job: wait for it
         states = Counter(status.jobs.values())
-        left = "" if status.deadline_at is None else f", deadline in {format_duration(status.deadline_at - time.time())}"
+        left = ("" if status.deadline_at is None
+                else f", deadline in {format_duration(status.deadline_at - time.time())}")
         log.info("qa shard %d: waiting for the Gemini Batch API: %d request(s), jobs %s, %s so far%s",
-                 cfg.shard_index, len(requests), dict(sorted(states.items())), format_duration(time.monotonic() - started),
-                 left)
+                 cfg.shard_index, len(requests), dict(sorted(states.items())),
+                 format_duration(time.monotonic() - started), left)
         wait = cfg.batch_poll_s
         if status.deadline_at is not None:
             wait = max(0.0, min(wait, status.deadline_at - time.time()))

@@ -11,8 +11,9 @@ Routes:
   ``POST /{v}/batches/{id}:cancel``, ``DELETE /{v}/batches/{id}``.
 
 A dead key (the simulator's ``fail``: invalid_key, 401, 403) refuses every call, get, list and
-cancel included; an unknown model (404) refuses only the create. A job's state follows the clock, read when it is asked for: ``BATCH_STATE_PENDING`` for
-``batch_pending_s``, ``BATCH_STATE_RUNNING`` for ``batch_running_s``, then it ends: the first
+cancel included; an unknown model (404) refuses only the create. A job's state follows the clock,
+read when it is asked for: ``BATCH_STATE_PENDING`` for ``batch_pending_s``,
+``BATCH_STATE_RUNNING`` for ``batch_running_s``, then it ends: the first
 ``batch_expire`` jobs created end ``EXPIRED`` and the next ``batch_fail`` ``FAILED`` (with a
 top-level ``error``), both without results; the others ``SUCCEEDED``. ``batch_stay_pending``
 keeps every job pending until it is cancelled (``CANCELLED``). When a job succeeds, each of its

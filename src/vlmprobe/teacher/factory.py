@@ -34,7 +34,8 @@ def process_name(cfg: Any) -> str:
 
 def media_resolutions(cfg: Any) -> dict[str, str]:
     """The media_resolution of each request kind (factor, verify, qa) from a config's TeacherSettings."""
-    return {kind: getattr(cfg, f"teacher_media_resolution_{kind}", "unspecified") for kind in ("factor", "verify", "qa")}
+    return {kind: getattr(cfg, f"teacher_media_resolution_{kind}", "unspecified")
+            for kind in ("factor", "verify", "qa")}
 
 
 def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | None = None,

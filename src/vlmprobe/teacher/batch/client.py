@@ -54,8 +54,8 @@ class BatchClient:
     (0: never) the largest job sent inline.
     ``poll_s`` is the time between polls in :meth:`run` (and the trigger's hint). ``thinking_budget``,
     ``max_output_tokens`` and ``media_resolution`` per request kind and ``image_max_side`` build the
-    requests as the online Teacher does. ``retry`` bounds the retries of each API call (create, get, upload, download...);
-    ``timeout_s`` one HTTP call. ``client`` shares an open google-genai client (not closed here).
+    requests as the online Teacher does. ``retry`` bounds the retries of each API call (create, get,
+    upload, download...); ``timeout_s`` one HTTP call. ``client`` shares an open google-genai client (not closed here).
     """
 
     def __init__(
