@@ -123,8 +123,11 @@ def main() -> int:
         print(f"target check: the target failed {check.items_target_failed} of {check.items_checked} QA items "
               f"({check.target_failed_rate:.0%}); those are the items that probe its failures best")
     print(f"simulator:   {json.dumps(sim_stats, sort_keys=True)[:300]}")
-    print(f"{'':<13}batch: {batch_stats['jobs_created']} job(s) {batch_stats['jobs_by_state']}, "
-          f"{batch_stats['requests_answered']} answered, {batch_stats['requests_failed']} failed")
+    if batch_stats["jobs_created"]:
+        print(f"{'':<13}batch: {batch_stats['jobs_created']} job(s) {batch_stats['jobs_by_state']}, "
+              f"{batch_stats['requests_answered']} answered, {batch_stats['requests_failed']} failed")
+    else:  # the run date's batch ledgers (qa/_batch/) outlive a rerun: its answers are not paid twice
+        print(f"{'':<13}batch: no new job: the QA answers came from the jobs of an earlier demo run")
     print("three QA items:")
     for item in items[:3]:
         keep = {k: item[k] for k in ("failure_key", "answer_type", "question", "choices", "answer")}

@@ -24,7 +24,9 @@ Three parts, run by ``vlmprobe qa --qa-phase``:
 Past ``batch_deadline_h`` (from the first job's intent) unfinished jobs are cancelled and what
 they held goes online. Cost: every billed batch response is priced at batch prices and added to
 the run's spend (``RunQuota.add_spend``) once, when its job is collected; the shard's teacher stats
-get a ``batch`` tier in ``by_tier`` and a ``batch`` summary (jobs, answered, failed, sent online).
+get a ``batch`` tier in ``by_tier`` and a ``batch`` summary (jobs, answered, failed, sent online)
+covering every job of the shard's ledger: what the answers the shard used cost, whichever attempt
+(or earlier run of the run date: the ledger is kept) paid for them.
 The budget (``max_cost_usd``) is checked before a job is submitted: a job is paid as a whole, so a
 run may overshoot by one shard's job. Every part is safe to rerun: the ledger finds the job again.
 """
