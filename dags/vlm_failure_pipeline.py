@@ -9,8 +9,12 @@ Every night at 02:00 UTC, for the day that just ended:
    probing-factor template and verifies it against the image → `probe/rank-*.jsonl`.
 2. **sample_keys** — keeps up to `samples_per_key` verified failures per failure key
    (`category:value`) → `sample/failures.jsonl`, `sample/shards.json`.
-3. **qa.generate** — one pod per shard asks Gemini for QA pairs that probe each failure's
-   factor → `qa/shard-*.jsonl`.
+3. **qa** — per shard: **qa.generate**, one pod that asks Gemini for QA pairs that probe each
+   failure's factor → `qa/shard-*.jsonl`. With `qa_mode=batch` the shard's requests go into one
+   Batch API job at half price: **qa.submit** (a CPU pod) submits it, **qa.wait** waits for it in
+   the triggerer (no pod, no worker slot), then **qa.generate** collects, checks and writes the
+   shard as online; what the job did not answer by `batch_deadline_h` goes online. In online mode
+   qa.submit and qa.wait are skipped (no pod).
 4. **publish** — checks every output, writes `manifest.json` and the run report `report.html`
    (the task's "Run report" link opens it), and emits the `vlmprobe_qa_dataset` Asset event
    with the manifest's counts.
@@ -37,7 +41,7 @@ import os
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task, task_group
 
-from operators import DeploymentSettings, GpuPodOperator
+from operators import BatchSubmitPodOperator, BatchWaitOperator, DeploymentSettings, GpuPodOperator
 from vlmprobe.alerts import FailureWebhook, deadline_alert
 from vlmprobe.config import ProbeConfig, QAConfig
 from vlmprobe.lineage import QA_DATASET, report_linked_task
@@ -127,15 +131,42 @@ def vlm_failure_pipeline():
 
     @task_group(group_id="qa")
     def qa(shard_index: str):
-        GpuPodOperator(
+        # qa_mode=batch: submit the shard's Batch API job from a CPU pod (skipped in online mode)
+        submit = BatchSubmitPodOperator(
+            task_id="submit",
+            settings=SETTINGS,
+            step="qa",
+            gpus=0,
+            cpu=SETTINGS.qa_submit_cpu,  # VLMPROBE_QA_SUBMIT_CPU, VLMPROBE_QA_SUBMIT_MEMORY
+            memory=SETTINGS.qa_submit_memory,
+            pool="default_pool",  # no GPU: not the GPU pool
+            cmds=["vlmprobe"],
+            arguments=["qa", "--shard-index", shard_index, "--qa-phase", "submit", *_cli_args(QAConfig)],
+            execution_timeout=pendulum.duration(hours=2),
+        )
+        # wait for the job in the triggerer: no pod, no worker slot (skipped in online mode)
+        wait = BatchWaitOperator(
+            task_id="wait",
+            settings=SETTINGS,
+            output_uri="{{ params.output_uri }}",
+            run_date=RUN_DATE,
+            shard_index=shard_index,
+            qa_mode="{{ params.qa_mode }}",
+            deadline_h="{{ params.batch_deadline_h }}",
+            poll_s="{{ params.batch_poll_s }}",
+        )
+        generate = GpuPodOperator(
             task_id="generate",
             settings=SETTINGS,
             step="qa",  # CPU and memory per pod (VLMPROBE_QA_CPU, VLMPROBE_QA_MEMORY)
             gpus=SETTINGS.qa_gpus,
             cmds=["vlmprobe"],
-            arguments=["qa", "--shard-index", shard_index, *_cli_args(QAConfig)],
+            # batch mode: answers from the shard's job; online mode: the shard as it always ran
+            arguments=["qa", "--shard-index", shard_index, "--qa-phase", "collect", *_cli_args(QAConfig)],
             execution_timeout=pendulum.duration(hours=6),
+            trigger_rule="none_failed",  # runs after the skipped submit and wait of online mode
         )
+        submit >> wait >> generate
 
     # none_failed: a run with no verified failures maps zero shards and still publishes.
     # report_linked_task: @task with a "Run report" link on the task (vlmprobe.lineage).

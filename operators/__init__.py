@@ -4,7 +4,8 @@ Importable from the repository root (tests, ``make demo``) and from ``/opt/vlmpr
 Airflow image (``PYTHONPATH``). Cheap to import apart from the cncf.kubernetes provider.
 """
 
+from operators.batch_wait import BatchSubmitPodOperator, BatchWaitOperator
 from operators.gpu_pod import GpuPodOperator
 from operators.settings import DeploymentSettings
 
-__all__ = ["DeploymentSettings", "GpuPodOperator"]
+__all__ = ["BatchSubmitPodOperator", "BatchWaitOperator", "DeploymentSettings", "GpuPodOperator"]

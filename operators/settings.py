@@ -70,6 +70,9 @@ class DeploymentSettings:
     probe_memory_per_gpu: str = "32Gi"
     qa_cpu: str = "4"
     qa_memory: str = "16Gi"
+    # A QA shard's batch submit pod (qa_mode=batch): no GPU, it builds and uploads the shard's requests.
+    qa_submit_cpu: str = "1"
+    qa_submit_memory: str = "4Gi"
     # Size limit of each writable scratch emptyDir (/tmp and the cache folder).
     scratch_size: str = "20Gi"
     # Cluster mode: wait for pods in the triggerer (no worker slot held), fetching their logs
@@ -141,6 +144,8 @@ class DeploymentSettings:
             probe_memory_per_gpu=quantity("PROBE_MEMORY_PER_GPU", d.probe_memory_per_gpu),
             qa_cpu=quantity("QA_CPU", d.qa_cpu),
             qa_memory=quantity("QA_MEMORY", d.qa_memory),
+            qa_submit_cpu=quantity("QA_SUBMIT_CPU", d.qa_submit_cpu),
+            qa_submit_memory=quantity("QA_SUBMIT_MEMORY", d.qa_submit_memory),
             scratch_size=quantity("SCRATCH_SIZE", d.scratch_size),
             deferrable=deferrable == "true",
             pod_log_interval=whole("POD_LOG_INTERVAL", d.pod_log_interval),

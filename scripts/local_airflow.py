@@ -155,7 +155,9 @@ def start_simulator(env: dict[str, str]) -> str:
     port_file.unlink(missing_ok=True)
     start("gemini-sim", [sys.executable, "-m", "vlmprobe.cli", "gemini-sim", "--host", HOST, "--port", "0",
                          "--port-file", str(port_file), "--latency-ms", "30", "--rate-429", "0.03",
-                         "--rate-503", "0.02", "--rate-malformed", "0.02", "--seed", "7"], env)
+                         "--rate-503", "0.02", "--rate-malformed", "0.02", "--seed", "7",
+                         # a run with qa_mode=batch: jobs that take seconds, not hours
+                         "--batch-pending-s", "2", "--batch-running-s", "2"], env)
     deadline = time.monotonic() + 60
     while not (port_file.exists() and port_file.read_text().strip()):
         if time.monotonic() > deadline or "gemini-sim" not in running():

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from vlmprobe.params import PARAM_SPECS
 from vlmprobe.rundate import check_run_date, expand_uri
 
+MediaResolution = Literal["unspecified", "low", "medium", "high"]
+
 
 def param(name: str) -> Any:
     """A pydantic Field with the default, bounds and description of the pipeline param ``name``."""
@@ -59,6 +61,11 @@ class TeacherSettings(BaseModel):
     max_output_tokens_factor: int = Field(1024, ge=16, le=65_536, description="max_output_tokens of a factor request.")
     max_output_tokens_verify: int = Field(512, ge=16, le=65_536, description="max_output_tokens of a verification.")
     max_output_tokens_qa: int = Field(2048, ge=16, le=65_536, description="max_output_tokens of a QA request.")
+    # tiers and images: what each request is billed at
+    teacher_service_tier: Literal["standard", "flex", "priority"] = param("teacher_service_tier")
+    teacher_media_resolution_factor: MediaResolution = param("teacher_media_resolution_factor")
+    teacher_media_resolution_verify: MediaResolution = param("teacher_media_resolution_verify")
+    teacher_media_resolution_qa: MediaResolution = param("teacher_media_resolution_qa")
 
 
 class TargetPin(BaseModel):
@@ -147,6 +154,15 @@ class QAConfig(StepConfig, TeacherSettings, TargetPin):
     max_new_tokens: int = param("max_new_tokens")
     qa_target_check: Literal["auto", "on", "off"] = param("qa_target_check")
     qa_keep: Literal["all", "target_failed"] = param("qa_keep")
+    # batch mode: one Batch API job per shard (vlmprobe.qa.batch)
+    qa_mode: Literal["online", "batch"] = param("qa_mode")
+    batch_deadline_h: float = param("batch_deadline_h")
+    batch_poll_s: float = param("batch_poll_s")
+    qa_phase: Literal["all", "submit", "collect"] = Field(
+        "all", description="Batch mode's part to run: all (submit, wait and collect in this process), submit "
+        "(the DAG's qa.submit: submit the shard's job and exit) or collect (the DAG's qa.generate, once the "
+        "job ended: collect, send online what it did not answer, write the shard). Online mode runs the shard "
+        "in all and collect, and does nothing in submit.")
 
 
 class PublishConfig(StepConfig):

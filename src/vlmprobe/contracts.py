@@ -725,6 +725,36 @@ class RunReport(_Part):
     notes: list[str]  # what could not be read (an image, the previous night, ...), as the report says
 
 
+class ModeFigures(_Part):
+    """The teacher's answers billed at one tier or mode (standard, flex, priority online; batch):
+    how many, their tokens, their cost there, and what the same tokens cost online at standard."""
+
+    requests: int  # answers billed (a failed attempt with no answer is not billed)
+    prompt_tokens: int
+    output_tokens: int
+    thinking_tokens: int
+    cached_tokens: int
+    estimated_cost_usd: float | None  # None: some answers have no price at this tier (priority)
+    standard_cost_usd: float
+
+
+class StepModes(_Part):
+    """A step's teacher cost per tier or mode, in all, and what it saved against standard online."""
+
+    by_mode: dict[str, ModeFigures]
+    estimated_cost_usd: float | None
+    standard_cost_usd: float
+    saving_usd: float | None  # standard_cost_usd - estimated_cost_usd
+
+
+class TeacherModes(_Part):
+    """Per step (probe, qa) and for the run: what the teacher cost at the tiers and modes that served it."""
+
+    probe: StepModes
+    qa: StepModes
+    run: StepModes
+
+
 class Manifest(Contract):
     """``manifest.json`` (a published run) or ``manifest.failed.json`` (with ``failed``: why it failed)."""
 
@@ -749,6 +779,8 @@ class Manifest(Contract):
     night: ManifestNight | None = None  # the night's plan against what happened (absent before plans)
     report: RunReport | None = Field(None, description="The run's report.html; null when it could not be rendered "
                                                        "(the publish log says why; `vlmprobe report` makes it again).")
+    teacher_modes: TeacherModes | None = Field(None, description="The teacher's cost per step and per tier or "
+                                               "mode (standard, flex, priority, batch) next to standard online.")
 
 
 CONTRACTS: tuple[type[Contract], ...] = (ProbeSuccess, ProbeJournalHeader, ShardPlan, QAJournalHeader, QAShardStats,

@@ -328,6 +328,75 @@ PARAM_SPECS.update({
     ),
 })
 
+# --- teacher tiers and modes: what the teacher's requests are billed at (README "Teacher tiers and modes")
+TIERS = "Teacher tiers and modes"
+MEDIA_RESOLUTIONS = ["unspecified", "low", "medium", "high"]
+PARAM_SPECS.update({
+    "teacher_service_tier": dict(
+        default="standard",
+        type="string",
+        enum=["standard", "flex", "priority"],
+        section=TIERS,
+        description="Service tier of the teacher's online requests, in both steps (the probe's factors and "
+                    "verifications; QA online, or what a batch job hands back): standard; flex = half price, "
+                    "answers in minutes (keep concurrency 0: the automatic concurrency follows the tier); "
+                    "priority = faster, costs more, has no price in the table (max_cost_usd cannot hold it).",
+    ),
+    "qa_mode": dict(
+        default="online",
+        type="string",
+        enum=["online", "batch"],
+        section=TIERS,
+        description="How QA asks the teacher: online (requests as the shard runs) or batch (one Batch API job "
+                    "per shard at half price; the DAG waits in the triggerer, then the shard's pod collects).",
+    ),
+    "batch_deadline_h": dict(
+        default=6.0,
+        type="number",
+        minimum=0.0001,
+        maximum=47,
+        section=TIERS,
+        description="Hours from a shard's first Batch API job after which what the batch has not answered goes "
+                    "online at teacher_service_tier and the shard's unfinished jobs are cancelled (Gemini "
+                    "expires a job at 48 h). Keep it below what the night can spare.",
+    ),
+    "batch_poll_s": dict(
+        default=60.0,
+        type="number",
+        minimum=0.1,
+        maximum=3600,
+        section=TIERS,
+        description="Seconds between two looks at a shard's Batch API jobs (the triggerer's in the DAG, the "
+                    "process's from the CLI).",
+    ),
+    "teacher_media_resolution_factor": dict(
+        default="medium",
+        type="string",
+        enum=MEDIA_RESOLUTIONS,
+        section=TIERS,
+        description="media_resolution of the image in a probing-factor request: low (64 tokens on 2.5 "
+                    "models), medium (256), high (256, zoomed reframing), unspecified (none sent: 258 per "
+                    "384 px tile of the downscaled image).",
+    ),
+    "teacher_media_resolution_verify": dict(
+        default="high",
+        type="string",
+        enum=MEDIA_RESOLUTIONS,
+        section=TIERS,
+        description="media_resolution of the image in a verification (it must see the factor: never below "
+                    "medium). high costs what medium does on 2.5 models.",
+    ),
+    "teacher_media_resolution_qa": dict(
+        default="medium",
+        type="string",
+        enum=MEDIA_RESOLUTIONS,
+        section=TIERS,
+        description="media_resolution of the image in a QA request (its answers are claims about the image: "
+                    "never below medium unless QA items are checked otherwise).",
+    ),
+})
+
+
 def defaults() -> dict[str, Any]:
     """The default value of every param."""
     return {name: spec["default"] for name, spec in PARAM_SPECS.items()}

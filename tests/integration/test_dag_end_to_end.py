@@ -124,6 +124,9 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert proc.returncode == 0, logs[-4000:]
     assert "e2e-secret-value-1234" not in logs  # the key never reaches the task logs
     assert "preflight passed for run date 2026-11-25" in logs
+    # online mode: the batch tasks skip without a pod, the shards run as they always did
+    assert "qa_mode is online: no Batch API job for this shard" in logs
+    assert not _lines_with(logs, "--qa-phase submit")
 
     m = read_json(str(tmp_path / RUN_DATE / "manifest.json"))
     assert m["run_date"] == RUN_DATE

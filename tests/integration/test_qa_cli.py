@@ -98,3 +98,35 @@ def test_a_dead_teacher_stops_qa_with_one_line_and_exit_3(tmp_path, shard, fail,
     assert "Traceback" not in proc.stderr and "qa-dead-teacher-secret-77" not in proc.stderr
     assert not exists(shard.qa_shard(0)) and not exists(shard.qa_stats(0)) and not exists(shard.qa_errors(0))
     assert not exists(shard.manifest)
+
+
+def test_batch_mode_killed_while_it_waits_is_rerun_without_a_second_job(tmp_path, shard):
+    count = read_json(shard.shard_plan)["shards"][0]["count"]
+    ledger = tmp_path / RUN_DATE / "qa" / "_batch" / "shard-00000.json"
+    first_log = tmp_path / "first.log"
+    batch = ("--qa-mode", "batch", "--batch-poll-s", "0.2")
+    with GeminiSimulator(port=0, seed=6, batch_stay_pending=True) as sim:
+        with open(first_log, "w") as log:
+            proc = subprocess.Popen(_qa_cmd(tmp_path, *batch), env=_env(sim), stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline and "waiting for the Gemini Batch API" \
+                    not in first_log.read_text():
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)  # killed after its job was submitted, while it waits
+            proc.wait(30)
+        assert sim.batch_stats()["jobs_created"] == 1 and read_json(str(ledger))["jobs"][0]["name"]
+        assert not exists(shard.qa_shard(0))
+        sim.batch_stay_pending = False  # the job runs now
+        rerun = subprocess.run(_qa_cmd(tmp_path, *batch), env=_env(sim), capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        stats_sim = sim.batch_stats()
+        online = sim.request_log()
+    assert stats_sim["jobs_created"] == 1 and stats_sim["files_uploaded"] == 1 and online == []
+    assert stats_sim["requests_answered"] == count
+    stats = read_json(shard.qa_stats(0))
+    c = stats["counts"]
+    assert c["failures"] == count == c["failures_with_items"] + c["errors"] and c["items"] > 0
+    assert stats["teacher"]["by_tier"]["batch"]["answers"] == count
+    items = list(iter_jsonl(shard.qa_shard(0)))
+    assert len(items) == c["items"] and {it["failure_id"] for it in items} <= {f"{k}-{i}" for k in (
+        "color:red", "count:3", "shape:circle") for i in range(12)}

@@ -23,12 +23,17 @@ def _core_timetable(dag):
 
 def test_structure(dag):
     assert dag.dag_id == "vlm_failure_pipeline"
-    assert set(dag.task_ids) == {"probe", "sample_keys", "qa.generate", "publish"}
+    assert set(dag.task_ids) == {"probe", "sample_keys", "qa.submit", "qa.wait", "qa.generate", "publish"}
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert dag.doc_md and "probe" in dag.doc_md and "run date is D−1" in dag.doc_md
     assert dag.get_task("sample_keys").upstream_task_ids == {"probe"}
-    assert dag.get_task("qa.generate").upstream_task_ids == {"sample_keys"}
+    # the group: submit >> wait >> generate (batch mode); in online mode the first two skip
+    # (each task reads its shard index from sample_keys' XCom: sample_keys is upstream of each)
+    assert dag.get_task("qa.submit").upstream_task_ids == {"sample_keys"}
+    assert dag.get_task("qa.wait").upstream_task_ids == {"qa.submit", "sample_keys"}
+    assert dag.get_task("qa.generate").upstream_task_ids == {"qa.wait", "sample_keys"}
+    assert dag.get_task("qa.generate").trigger_rule == "none_failed"
     assert dag.get_task("publish").upstream_task_ids == {"qa.generate"}
     assert dag.get_task("publish").trigger_rule == "none_failed"
     assert "qa" in dag.task_group.children
@@ -93,6 +98,8 @@ def test_params_are_typed_bounded_described(dag):
     expected |= {"teacher_project", "expected_error_rate", "target_images_per_s", "probe_wall_factor",
                  "probe_min_tail_s"}  # the night's plan
     expected |= {"target_revision", "force"}  # the target's pinned commit, rerunning a finished probe (issue 15)
+    expected |= {"teacher_service_tier", "qa_mode", "batch_deadline_h", "batch_poll_s",  # tiers (issue 16)
+                 "teacher_media_resolution_factor", "teacher_media_resolution_verify", "teacher_media_resolution_qa"}
     params = dag.params
     assert set(params.keys()) == expected
     for name in params.keys():

@@ -51,6 +51,8 @@ SETTINGS_KEYS = {
     "VLMPROBE_PROBE_MEMORY_PER_GPU",
     "VLMPROBE_QA_CPU",
     "VLMPROBE_QA_MEMORY",
+    "VLMPROBE_QA_SUBMIT_CPU",
+    "VLMPROBE_QA_SUBMIT_MEMORY",
     "VLMPROBE_DEFERRABLE",
     "VLMPROBE_POD_LOG_INTERVAL",
     "VLMPROBE_ALLOWED_URI_PREFIXES",
@@ -464,6 +466,12 @@ def test_airflow_values_load_the_settings_and_run_pods_in_the_cluster(chart):
     assert {"configMapRef": {"name": SETTINGS_CONFIGMAP}} in env_from
     assert {"name": "VLMPROBE_POD_MODE", "value": "cluster"} in values["env"]
     assert not any(item["name"].startswith("VLMPROBE_GEMINI") for item in values["env"])
+    # the triggerer polls QA's Batch API jobs: the key from the chart's Secret, by reference only
+    (key,) = [e for e in values["triggerer"]["env"] if e["name"] == "GEMINI_API_KEY"]
+    chart_values_ = chart.values["gemini"]
+    assert key == {"name": "GEMINI_API_KEY", "valueFrom": {"secretKeyRef": {
+        "name": chart_values_["existingSecret"], "key": chart_values_["secretKey"]}}}
+    assert not any(e["name"] == "GEMINI_API_KEY" for e in values["env"])
     assert values["dags"]["gitSync"]["enabled"] is False
     # Pod rights come from the companion chart's Roles only (no pods/exec); the triggerer waits for pods
     assert values["allowPodLaunching"] is False and values["triggerer"]["enabled"] is True

@@ -52,7 +52,8 @@ def _step_params(model: type) -> list[str]:
 def test_every_param_of_the_probe_and_qa_configs_reaches_their_pods(dag):
     conf = _conf()
     assert all(conf[name] != value for name, value in defaults().items() if name != "min_per_key")
-    for task_id, model, mapped in (("probe", ProbeConfig, None), ("qa.generate", QAConfig, {"shard_index": "3"})):
+    for task_id, model, mapped in (("probe", ProbeConfig, None), ("qa.generate", QAConfig, {"shard_index": "3"}),
+                                   ("qa.submit", QAConfig, {"shard_index": "3"})):
         _, pod = render_pod(dag, task_id, RUN, conf, mapped)
         cfg, args = _config_of(pod, model)
         names = _step_params(model)

@@ -18,7 +18,7 @@ from podrender import render_pod, render_task, resolve_params
 RUN = pendulum.datetime(2026, 11, 25, 2, tz="UTC")
 PROBE = "$(GEMINI_API_KEY)"
 SECRET_VALUE = "AIza-the-real-key-would-be-here"
-POD_TASKS = [("probe", None), ("qa.generate", {"shard_index": "0"})]
+POD_TASKS = [("probe", None), ("qa.generate", {"shard_index": "0"}), ("qa.submit", {"shard_index": "0"})]
 CLOSED_FORMS = {"target_revision": r"^([0-9a-f]{40})?$",  # string params whose pattern refuses any "$(…)"
                 "teacher_project": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
 

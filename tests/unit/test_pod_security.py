@@ -13,7 +13,8 @@ import pytest
 from podrender import render_pod
 
 RUN = pendulum.datetime(2026, 11, 25, 2, tz="UTC")
-PODS = [("probe", {}, None), ("probe", {"nproc_per_node": 2}, None), ("qa.generate", {}, {"shard_index": "0"})]
+PODS = [("probe", {}, None), ("probe", {"nproc_per_node": 2}, None), ("qa.generate", {}, {"shard_index": "0"}),
+        ("qa.submit", {"qa_mode": "batch"}, {"shard_index": "0"})]
 
 RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                            "projected", "secret"}

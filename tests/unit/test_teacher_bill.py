@@ -30,10 +30,10 @@ def test_prices_match_model_families_and_bill_cached_and_thinking_tokens():
 
 
 def test_publish_reads_the_same_price_table():
-    from vlmprobe.publish import run as publish_run
+    from vlmprobe.publish import costs  # publish prices a step there (what the steps recorded, else tokens)
     from vlmprobe.teacher import pricing
 
-    assert publish_run.estimate_cost is pricing.estimate_cost
+    assert costs.estimate_cost is pricing.estimate_cost
 
 
 @pytest.mark.parametrize("size, expected", [

@@ -1,14 +1,18 @@
 """``python -m vlmprobe.demo`` (``make demo``): the whole DAG, offline, on this machine.
 
 1. writes synthetic parquet files and a tiny LLaVA (random weights, real loading path);
-2. starts the Gemini simulator on loopback (with a little latency and some 429/503/bad JSON);
+2. starts the Gemini simulator on loopback (with a little latency and some 429/503/bad JSON, and
+   Batch API jobs that take seconds instead of hours);
 3. runs ``airflow dags test vlm_failure_pipeline 2026-11-26T02:00:00+00:00`` on SQLite with
    ``VLMPROBE_POD_MODE=local`` — the night of 2026-11-26, whose run date is 2026-11-25 — so the
-   probe pod's ranks (2 on the CPU) and each QA pod run as local processes;
+   probe pod's ranks (2 on the CPU) and each QA pod run as local processes. QA runs in batch mode
+   (``qa_mode=batch``): each shard's ``qa.submit`` submits one Batch API job, ``qa.wait`` waits for
+   it in a trigger (run inline by ``dags test``), ``qa.generate`` collects and writes the shard;
 4. prints where the QA dataset and manifest are, its item count, one line per step of what the
-   teacher cost (requests, retries, 429s, tokens, estimated cost), how many QA items the target
-   failed (the QA shards put every item to the tiny LLaVA: ``qa_target_check=on``), three items,
-   and last the path of the run report (``report.html``: open it in a browser).
+   teacher cost (requests, retries, 429s, tokens, estimated cost), the cost per mode next to the
+   same work at standard online (the manifest's ``teacher_modes``: the saving), how many QA items
+   the target failed (the QA shards put every item to the tiny LLaVA: ``qa_target_check=on``), three
+   items, and last the path of the run report (``report.html``: open it in a browser).
 
 Everything goes under ``demo-output/`` (git-ignored); rerunning replaces the run's outputs.
 """
@@ -46,6 +50,7 @@ def main() -> int:
     from vlmprobe.contracts import Manifest
     from vlmprobe.demo.data import DEMO_RUN_PARAMS, build_tiny_llava, write_demo_parquet
     from vlmprobe.io import RunLayout
+    from vlmprobe.publish.costs import saving_line
     from vlmprobe.publish.run import teacher_line
     from vlmprobe.sim import GeminiSimulator
 
@@ -66,9 +71,12 @@ def main() -> int:
         **DEMO_RUN_PARAMS,
         # each QA item is put to the target (on the CPU here; a QA pod with a GPU does it by default)
         "qa_target_check": "on",
+        # QA through the Batch API at half price; the simulator's jobs take seconds: look every second
+        "qa_mode": "batch",
+        "batch_poll_s": 1,
     }
     with GeminiSimulator(port=0, latency_ms=30, rate_429=0.05, rate_503=0.03, rate_malformed=0.03,
-                         seed=7) as sim:
+                         batch_pending_s=2, batch_running_s=2, seed=7) as sim:
         env = {
             **os.environ,
             "AIRFLOW_HOME": str(home),
@@ -92,6 +100,7 @@ def main() -> int:
         _run(["airflow", "dags", "test", "vlm_failure_pipeline", LOGICAL_DATE, "-c", json.dumps(conf)],
              env, out / "airflow-dags-test.log")
         sim_stats = sim.stats()
+        batch_stats = sim.batch_stats()
 
     layout = RunLayout(str(runs), RUN_DATE)
     manifest = Manifest.read(layout.manifest)
@@ -106,11 +115,19 @@ def main() -> int:
     print(f"             qa {_as_in_file(manifest.qa.counts)}")
     for step, figures in (("probe", manifest.teacher.probe), ("qa", manifest.teacher.qa)):
         print(f"{'teacher:' if step == 'probe' else '':<13}{teacher_line(step, figures)}")
+    if manifest.teacher_modes is not None:  # what each mode cost next to standard online: the saving
+        for label, step in (("qa", manifest.teacher_modes.qa), ("run", manifest.teacher_modes.run)):
+            print(f"{'':<13}{saving_line(label, step)}")
     check = manifest.qa.target_check
     if check:
         print(f"target check: the target failed {check.items_target_failed} of {check.items_checked} QA items "
               f"({check.target_failed_rate:.0%}); those are the items that probe its failures best")
     print(f"simulator:   {json.dumps(sim_stats, sort_keys=True)[:300]}")
+    if batch_stats["jobs_created"]:
+        print(f"{'':<13}batch: {batch_stats['jobs_created']} job(s) {batch_stats['jobs_by_state']}, "
+              f"{batch_stats['requests_answered']} answered, {batch_stats['requests_failed']} failed")
+    else:  # the run date's batch ledgers (qa/_batch/) outlive a rerun: its answers are not paid twice
+        print(f"{'':<13}batch: no new job: the QA answers came from the jobs of an earlier demo run")
     print("three QA items:")
     for item in items[:3]:
         keep = {k: item[k] for k in ("failure_key", "answer_type", "question", "choices", "answer")}

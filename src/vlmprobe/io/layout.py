@@ -9,6 +9,8 @@ rerun can never leave an old ``manifest.json``, sample or QA shard next to new r
 What survives a rerun by design (issue 5: never pay Gemini twice):
 - ``probe/_journal/`` and ``qa/_journal/``: per-record resume journals (:mod:`vlmprobe.io.journal`);
   the step that reads one decides whether its records still apply (fingerprint them);
+- ``qa/_batch/``: each QA shard's Batch API ledger and the results it read (batch mode,
+  :mod:`vlmprobe.teacher.batch`): answers are matched by request hash, so they apply or are unused;
 - ``_teacher/``: the teacher's quota and spend ledgers, shared by every step of the run date.
 """
 
@@ -20,7 +22,7 @@ from vlmprobe.io.fs import TMP_MARK, basename, is_temp_name, join, list_all, lis
 from vlmprobe.rundate import check_run_date
 
 STEPS = ("probe", "sample", "qa", "publish")
-RESUME_STATE = ("_journal",)  # names under probe/ and qa/ that reruns keep
+RESUME_STATE = ("_journal", "_batch")  # names under probe/ and qa/ that reruns keep
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class RunLayout:
 
     def qa_parquet(self, index: int) -> str:
         return join(self.qa_parquet_dir, f"shard-{index:05d}.parquet")
+
+    def qa_batch_ledger(self, index: int) -> str:
+        """The shard's Batch API ledger (batch mode); its jobs' results are kept next to it."""
+        return join(self.qa_dir, "_batch", f"shard-{index:05d}.json")
 
     # errors: every record that could not be processed, with its reason
     @property

@@ -123,11 +123,12 @@ class RankProbe:
 
     def __init__(self, cfg: ProbeConfig, rank: int, target, journal: ProbeJournal,
                  done: dict[str, set[int]] | None = None, night: NightPlan | None = None) -> None:
-        from vlmprobe.teacher.client import AUTO_CONCURRENCY_MAX
+        from vlmprobe.teacher.retry import tier_timing
         from vlmprobe.teacher.templates import load_templates
 
         self.cfg, self.rank, self.target, self.journal = cfg, rank, target, journal
-        self.concurrency = cfg.concurrency or AUTO_CONCURRENCY_MAX  # 0 = auto: the teacher's ceiling
+        # 0 = auto: the teacher's ceiling at its tier (64 standard, 512 flex: Little's law at minutes per answer)
+        self.concurrency = cfg.concurrency or tier_timing(cfg.teacher_service_tier).max_concurrency
         self.done = done or {}
         self.teacher = None  # set by run(), inside the client's context
         self.templates = load_templates(cfg.template_version)

@@ -47,9 +47,10 @@ from vlmprobe.errors import VlmprobeError
 from vlmprobe.io import RunLayout, exists, iter_jsonl, join, read_json, remove_tree
 from vlmprobe.io.fs import basename, list_dir
 from vlmprobe.provenance import run_provenance
+from vlmprobe.publish.costs import recorded_cost_usd, teacher_modes
 from vlmprobe.publish.dataset import check_parquet, write_card
 from vlmprobe.report.render import report_for_publish
-from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE, estimate_cost
+from vlmprobe.teacher.pricing import PRICES_AS_OF, PRICES_SOURCE
 
 log = logging.getLogger("vlmprobe.publish")
 
@@ -74,9 +75,11 @@ def _count_lines(uri: str) -> int:
 def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> TeacherFigures:
     """A step's teacher figures from its processes' ``teacher`` stats (probe ranks, QA shards).
 
-    The cost is estimated from the summed tokens with the one price table
-    (:mod:`vlmprobe.teacher.pricing`): cached prompt tokens at the cached rate, thinking as output.
+    The cost is what the processes recorded per tier or mode (:mod:`vlmprobe.publish.costs`: each
+    answer at the price of the tier that served it, batch at batch prices; the one price table,
+    :mod:`vlmprobe.teacher.pricing`: cached prompt tokens at the cached rate, thinking as output).
     """
+    stats = list(stats)
     total: Counter[str] = Counter()
     gave_up: Counter[str] = Counter()
     processes = 0
@@ -90,15 +93,15 @@ def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> Te
         paused += float(s.get("paused_s") or 0.0)
     return TeacherFigures(
         **{k: total[k] for k in TEACHER_SUMS},
-        estimated_cost_usd=estimate_cost(model, total["prompt_tokens"], total["output_tokens"],
-                                         total["cached_tokens"]),
+        estimated_cost_usd=recorded_cost_usd(stats, model),
         gave_up=dict(gave_up), paused_s=round(paused, 3), processes=processes)
 
 
 def _sum_figures(model: str, *steps: TeacherFigures) -> RunTeacherFigures:
     total = {k: sum(getattr(s, k) for s in steps) for k in TEACHER_SUMS}
-    return RunTeacherFigures(**total, estimated_cost_usd=estimate_cost(
-        model, total["prompt_tokens"], total["output_tokens"], total["cached_tokens"]))
+    known = all(s.estimated_cost_usd is not None for s in steps)  # the steps' recorded costs, summed
+    return RunTeacherFigures(**total, estimated_cost_usd=round(sum(s.estimated_cost_usd or 0.0 for s in steps), 6)
+                             if known else None)
 
 
 def _ledgers(layout: RunLayout) -> dict[str, AttemptFigures]:
@@ -270,6 +273,7 @@ def publish(cfg: PublishConfig, worker_images: Iterable[Mapping[str, Any]] = ())
         dataset=dataset,
         provenance=run_provenance(probe, cfg.run_conf(), worker_images),
         night=night,
+        teacher_modes=teacher_modes([r.teacher for r in probe.ranks], qa_teacher, model),
     )
     manifest.report = report_for_publish(layout, manifest)  # never fails the run: a WARNING and report: null
     if failed:

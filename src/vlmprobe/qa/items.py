@@ -95,13 +95,31 @@ class ShardQA:
                            shard_index=self.cfg.shard_index, **where)
         return Outcome(seq, str(rec.get("id")), error=row, tokens=tokens or {}, durable=durable)
 
+    def prompt(self, rec: dict[str, Any]) -> str:
+        """The QA prompt of a failure (online and in a batch job alike)."""
+        from vlmprobe.teacher.prompts import qa_prompt
+
+        factor = rec["factor"]
+        completion = factor.get("completion", "") if isinstance(factor, dict) else str(factor)
+        return qa_prompt(rec["question"], rec["answer"], rec["prediction"], rec["failure_key"], completion,
+                         self.cfg.max_items)
+
+    async def ask(self, seq: int, rec: dict[str, Any], prompt: str, data: bytes, mime: str) -> Any:
+        """The teacher's QASet for failure ``seq`` (a TeacherResult); raises TeacherError. Online here;
+        batch mode answers from its job first (:class:`vlmprobe.qa.batch.BatchShardQA`)."""
+        from vlmprobe.teacher.schemas import QASet
+
+        return await self.teacher.generate(prompt, QASet, images=[(data, mime)], kind="qa")
+
+    def teacher_stats(self) -> dict[str, Any]:
+        """What the teacher did for this shard (the shard's stats file keeps it)."""
+        return dict(self.teacher.stats)
+
     async def handle(self, seq: int, rec: dict[str, Any], image: bytes | Exception) -> tuple[Outcome, Any]:
         """One failure → (its outcome, its decoded image for the target check, or None)."""
         from vlmprobe.errors import QuotaExhausted
         from vlmprobe.images import decode
         from vlmprobe.teacher.results import TeacherError
-        from vlmprobe.teacher.prompts import qa_prompt
-        from vlmprobe.teacher.schemas import QASet
 
         try:
             if isinstance(image, Exception):
@@ -109,12 +127,8 @@ class ShardQA:
             rgb, data, mime = decode(image)
         except (ValueError, OSError, KeyError, IndexError) as e:
             return self.error(seq, rec, "image_unreadable", str(e)), None
-        factor = rec["factor"]
-        completion = factor.get("completion", "") if isinstance(factor, dict) else str(factor)
-        prompt = qa_prompt(rec["question"], rec["answer"], rec["prediction"], rec["failure_key"], completion,
-                           self.cfg.max_items)
         try:
-            result = await self.teacher.generate(prompt, QASet, images=[(data, mime)], kind="qa")
+            result = await self.ask(seq, rec, self.prompt(rec), data, mime)
         except QuotaExhausted as e:  # the project's day or QA's reservation: a limit, asked again by a rerun
             return self.error(seq, rec, "limited_daily_quota", str(e), durable=False), None
         except TeacherError as e:  # failed attempts are billed too

@@ -42,8 +42,12 @@ journal, read once at the start, and this attempt's; the journal is removed once
 is written — unless a limit left some failures without a request: then it stays for that rerun
 (publish reports the limit; it does not fail the run for it).
 
-Stopping teacher errors (dead key, unknown model: exit 3; circuit breaker: exit 1) end the shard at once with nothing half-written: no shard file, no stats, the journal
-kept for the rerun. Safe to rerun: the shard's earlier outputs and the manifest are removed
+**Batch mode** (``qa_mode=batch``, :mod:`vlmprobe.qa.batch`): the same requests go into one Batch
+API job per shard; the loop answers each failure from the job (or online, for what the job did not
+answer) and everything after is as above: same outputs, journal, error rows and stats.
+
+Stopping teacher errors (dead key, unknown model: exit 3; circuit breaker: exit 1) end the shard
+at once with nothing half-written: no shard file, no stats, the journal kept for the rerun. Safe to rerun: the shard's earlier outputs and the manifest are removed
 first (:meth:`vlmprobe.io.layout.RunLayout.invalidate`); outputs are replaced, never appended.
 """
 
@@ -221,9 +225,10 @@ class _Shard:
         return seq not in self.done or (self.check is not None and bool(self.done[seq].items))
 
 
-def _open_shard(cfg: QAConfig) -> _Shard:
+def _open_shard(cfg: QAConfig, load_target: bool = True) -> _Shard:
     """Setup: the plan (the shard must be in it), refused target-check settings fail before anything is
-    removed, the shard's stale outputs removed, its journal opened, the target loaded (before any Gemini request)."""
+    removed, the shard's stale outputs removed, its journal opened, the target loaded (before any Gemini
+    request; not with ``load_target=False``: a batch submit)."""
     layout = RunLayout(cfg.output_uri, cfg.run_date)
     plan, plan_sha256 = _read_plan(layout, cfg)
     checking = check_mode(cfg)  # refused settings fail here, before anything is removed or written
@@ -240,7 +245,7 @@ def _open_shard(cfg: QAConfig) -> _Shard:
                  shard.count)
 
     check: TargetCheck | None = None
-    if checking:
+    if checking and load_target:
         from vlmprobe.vlm import load_target
 
         # before any Gemini request; a hub id from its revision staged by the probe (vlmprobe.vlm.staging)
@@ -259,6 +264,7 @@ async def _answer(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str])
     teacher's stats.
     """
     from vlmprobe.progress import Progress
+    from vlmprobe.qa.batch import batch_work
     from vlmprobe.teacher.factory import make_teacher
 
     cfg, plan, index, shard, check = s.cfg, s.plan, s.index, s.span, s.check
@@ -287,7 +293,8 @@ async def _answer(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str])
     with Progress(total=shard.count, desc=f"qa shard {index}", unit="failures", logger=log) as progress:
         # QA's reservation in the night's plan caps its requests (no cap without a plan)
         async with make_teacher(cfg, step_cap=plan.qa_reserved_requests) as teacher:
-            work = ShardQA(cfg, teacher)
+            # batch mode: the answers come from the shard's job, what it did not answer goes online
+            work = await batch_work(cfg, s, teacher) if cfg.qa_mode == "batch" else ShardQA(cfg, teacher)
             batches = _batches(_shard_records(plan, index), cfg.batch_size, s.want_image)
             stopped = True  # until the loop ends normally
             try:
@@ -330,7 +337,7 @@ async def _answer(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str])
                 raise crashed[0]
             if check is not None:
                 await check.finish()
-            return dict(teacher.stats)
+            return work.teacher_stats()
 
 
 def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str], teacher_stats: dict[str, Any],
@@ -412,9 +419,22 @@ def run_shard(cfg: QAConfig) -> dict[str, Any]:
 
     Setup (:func:`_open_shard`), the loop (:func:`_answer`), the outputs (:func:`_write_outputs`);
     then the journal goes unless budget rows wait for a rerun. Failures an earlier attempt
-    finished (the journal) are not asked again (``resumed`` in the stats counts them).
+    finished (the journal) are not asked again (``resumed`` in the stats counts them). Batch mode
+    (:mod:`vlmprobe.qa.batch`): ``qa_phase=submit`` only submits the shard's job; ``all`` submits and
+    waits for it first; the loop then answers from the job.
     """
     t0 = time.monotonic()
+    if cfg.qa_phase == "submit":  # the DAG's qa.submit: batch mode submits the job and exits
+        if cfg.qa_mode != "batch":
+            log.info("qa shard %d: qa_mode is online: nothing to submit", cfg.shard_index)
+            return {"shard_index": cfg.shard_index, "qa_mode": cfg.qa_mode, "requests": 0, "jobs": {}}
+        from vlmprobe.qa.batch import submit_shard
+
+        return submit_shard(cfg)
+    if cfg.qa_mode == "batch" and cfg.qa_phase == "all":  # one process: submit and wait before the target loads
+        from vlmprobe.qa.batch import wait_for_batch
+
+        wait_for_batch(cfg)
     shard = _open_shard(cfg)
     outcomes: dict[int, Outcome] = {}
     counts: Counter[str] = Counter()

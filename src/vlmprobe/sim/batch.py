@@ -10,8 +10,10 @@ Routes:
 - ``GET /{v}/batches/{id}``, ``GET /{v}/batches`` (``{"operations": [...]}``, one page),
   ``POST /{v}/batches/{id}:cancel``, ``DELETE /{v}/batches/{id}``.
 
-A job's state follows the clock, read when it is asked for: ``BATCH_STATE_PENDING`` for
-``batch_pending_s``, ``BATCH_STATE_RUNNING`` for ``batch_running_s``, then it ends: the first
+A dead key (the simulator's ``fail``: invalid_key, 401, 403) refuses every call, get, list and
+cancel included; an unknown model (404) refuses only the create. A job's state follows the clock,
+read when it is asked for: ``BATCH_STATE_PENDING`` for ``batch_pending_s``,
+``BATCH_STATE_RUNNING`` for ``batch_running_s``, then it ends: the first
 ``batch_expire`` jobs created end ``EXPIRED`` and the next ``batch_fail`` ``FAILED`` (with a
 top-level ``error``), both without results; the others ``SUCCEEDED``. ``batch_stay_pending``
 keeps every job pending until it is cancelled (``CANCELLED``). When a job succeeds, each of its
@@ -221,8 +223,17 @@ def _not_found(job_id: str) -> tuple[int, Any]:
     return 404, google_error(404, "NOT_FOUND", f"Batch batches/{job_id} not found.")
 
 
+def _key_refused(sim: GeminiSimulator, api_key: str) -> tuple[int, Any] | None:
+    """A dead key (``fail`` invalid_key, 401 or 403) refuses every call, reads included; None otherwise."""
+    if sim.fail in ("invalid_key", "401", "403"):
+        return faults.fail_error(sim.fail, "batches", api_key)
+    return None
+
+
 def get_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
     """``GET .../batches/{id}``: the job, its state brought up to the clock."""
+    if (refused := _key_refused(sim, api_key)) is not None:
+        return refused
     with sim.batches.lock:
         job = _job(sim, match.group(2))
         if job is None:
@@ -233,6 +244,8 @@ def get_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str
 
 def list_jobs(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
     """``GET .../batches``: every job, in one page, newest first."""
+    if (refused := _key_refused(sim, api_key)) is not None:
+        return refused
     with sim.batches.lock:
         jobs = list(sim.batches.jobs.values())[::-1]
         for job in jobs:
@@ -242,6 +255,8 @@ def list_jobs(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: s
 
 def cancel_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
     """``POST .../batches/{id}:cancel``: a job not yet ended ends CANCELLED, without results."""
+    if (refused := _key_refused(sim, api_key)) is not None:
+        return refused
     with sim.batches.lock:
         job = _job(sim, match.group(2))
         if job is None:
@@ -335,7 +350,7 @@ def _answer(sim: GeminiSimulator, job: Job, request: _Request, rng: random.Rando
         return f"error_{code}", {"error": _error(code, status, message)}
     fault = faults.draw_fault(rng, sim.fault_rates())
     try:
-        prompt, media = read_prompt(request.body)
+        prompt, media = read_prompt(request.body, job.model)
     except BadRequest as e:
         return "bad_request", {"error": _error(400, "INVALID_ARGUMENT", str(e))}
     prompt_tokens = math.ceil(len(prompt) / 4) + media

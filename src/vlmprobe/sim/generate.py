@@ -89,7 +89,7 @@ def _answer(sim: GeminiSimulator, number: int, model: str, body: Any, api_key: s
     try:
         if body is None:
             raise ValueError("not JSON")
-        prompt, media = read_prompt(body)
+        prompt, media = read_prompt(body, model)
     except (ValueError, BadRequest) as e:
         message = str(e) if isinstance(e, BadRequest) else "Invalid JSON payload received."
         return 400, google_error(400, "INVALID_ARGUMENT", message), "bad_request"

@@ -1,8 +1,12 @@
 """Reading a generateContent request: its prompt text and its input tokens.
 
 The text comes from ``contents`` and the system instruction; each media part costs what Gemini
-charges for it (258 tokens per image up to 384 px, and per 384 px tile of a larger one). A body
-Gemini would refuse raises :class:`BadRequest`, answered 400 INVALID_ARGUMENT.
+charges for it: without ``generationConfig.mediaResolution``, 258 tokens per image up to 384 px and
+per 384 px tile of a larger one (Gemini 2.x); with it, a fixed count per image whatever its size
+(:data:`MEDIA_RESOLUTION_TOKENS`: on 2.x models 64 low, 256 medium, 256 high, as google-genai 3.6.1
+documents ``types.MediaResolution``; on Gemini 3 models 280, 560 and 1120, unset meaning high, as the
+Gemini API's media-resolution page says). A body Gemini would refuse raises :class:`BadRequest`,
+answered 400 INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ from vlmprobe.sim.protocol import lookup
 _MEDIA_PREFIXES = ("image/", "video/", "audio/", "text/", "application/pdf")
 TOKENS_PER_IMAGE = 258  # per image up to 384 px on both sides, and per 384 px tile of a larger one
 TILE_SIDE = 384
+# Tokens per image at each media resolution, by model family; unset on 2.x: by tiles.
+MEDIA_RESOLUTION_TOKENS = {
+    "gemini-3": {"MEDIA_RESOLUTION_LOW": 280, "MEDIA_RESOLUTION_MEDIUM": 560, "MEDIA_RESOLUTION_HIGH": 1120,
+                 None: 1120},
+    "gemini-2": {"MEDIA_RESOLUTION_LOW": 64, "MEDIA_RESOLUTION_MEDIUM": 256, "MEDIA_RESOLUTION_HIGH": 256},
+}
 
 
 class BadRequest(Exception):
@@ -55,16 +65,32 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def media_tokens(data: bytes) -> int:
-    """Input tokens of one media part: 258 per 384 px tile of an image, 258 for anything else."""
+def media_resolution(body: Any) -> str | None:
+    """The request's ``generationConfig.mediaResolution`` (``MEDIA_RESOLUTION_LOW``...), None when unset
+    or MEDIA_RESOLUTION_UNSPECIFIED."""
+    config = lookup(body, "generationConfig") if isinstance(body, dict) else None
+    value = lookup(config, "mediaResolution") if isinstance(config, dict) else None
+    value = str(value).upper() if isinstance(value, str) else None
+    return None if value in (None, "MEDIA_RESOLUTION_UNSPECIFIED") else value
+
+
+def media_tokens(data: bytes, resolution: str | None = None, model: str = "") -> int:
+    """Input tokens of one media part for ``model`` at ``resolution``: a fixed count per image when the
+    resolution (or the model's default) fixes one, else 258 per 384 px tile of an image, 258 for
+    anything else."""
+    family = "gemini-3" if model.lower().removeprefix("models/").startswith("gemini-3") else "gemini-2"
+    fixed = MEDIA_RESOLUTION_TOKENS[family].get(resolution)
+    if fixed is not None:
+        return fixed
     size = _image_size(data)
     if size is None or (size[0] <= TILE_SIDE and size[1] <= TILE_SIDE):
         return TOKENS_PER_IMAGE
     return TOKENS_PER_IMAGE * math.ceil(size[0] / TILE_SIDE) * math.ceil(size[1] / TILE_SIDE)
 
 
-def read_prompt(body: Any) -> tuple[str, int]:
-    """The request's text (contents and system instruction) and the input tokens of its media parts."""
+def read_prompt(body: Any, model: str = "") -> tuple[str, int]:
+    """The request's text (contents and system instruction) and the input tokens of its media parts
+    (billed for ``model`` at the request's media resolution)."""
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     contents = body.get("contents")
@@ -72,6 +98,7 @@ def read_prompt(body: Any) -> tuple[str, int]:
         raise BadRequest("* GenerateContentRequest.contents: contents is not specified")
     texts: list[str] = []
     media = 0
+    resolution = media_resolution(body)
     system = lookup(body, "systemInstruction")
     blocks = [*contents, *([system] if isinstance(system, dict) else [])]
     for block in blocks:
@@ -94,9 +121,9 @@ def read_prompt(body: Any) -> tuple[str, int]:
                     decoded = base64.b64decode(data, validate=True)
                 except (binascii.Error, ValueError):
                     raise BadRequest("Invalid value at 'contents.parts.inline_data.data': not base64.") from None
-                media += media_tokens(decoded)
+                media += media_tokens(decoded, resolution, model)
             elif isinstance(lookup(part, "fileData"), dict):
-                media += TOKENS_PER_IMAGE
+                media += media_tokens(b"", resolution, model)
             else:
                 raise BadRequest("A part must hold text, inlineData or fileData.")
     return "\n".join(texts), media

@@ -102,7 +102,8 @@ class Teacher:
     the daily count and the leases in the Gemini project's shared ledger (every run of the
     deployment) and caps the step at its reservation (:class:`~vlmprobe.teacher.quota.ProjectScope`).
     ``thinking_budget`` (None: the model's default), ``max_output_tokens`` per request kind and
-    ``image_max_side`` (0: no downscaling) bound the bill. The circuit breaker opens when more
+    ``image_max_side`` (0: no downscaling) and ``media_resolution`` per request kind (low, medium,
+    high or unspecified: what an image costs) bound the bill. The circuit breaker opens when more
     than ``breaker_ratio`` of the last ``breaker_window`` finished requests failed after their
     retries. Use it as an async context manager: it opens one google-genai client and the quota
     lease, and closes both on exit.
@@ -125,6 +126,7 @@ class Teacher:
         thinking_budget: int | None = 0,
         max_output_tokens: Mapping[str, int] | None = None,
         image_max_side: int = 768,
+        media_resolution: Mapping[str, str] | None = None,
         breaker_window: int = 20,
         breaker_ratio: float = 0.5,
         service_tier: str = "standard",
@@ -162,6 +164,7 @@ class Teacher:
                            "(2.5 Pro cannot turn thinking off)", model, thinking_budget, self.thinking_budget)
         self.max_output_tokens = {**DEFAULT_MAX_OUTPUT_TOKENS, **(max_output_tokens or {})}
         self.image_max_side = image_max_side
+        self.media_resolution = dict(media_resolution or {})
         self.breaker_window = breaker_window
         self.breaker_ratio = breaker_ratio
         self._api_key = api_key
@@ -399,11 +402,14 @@ class Teacher:
             raise TeacherError("budget_reached", 0, (
                 f"the run's teacher budget is spent: estimated ${self.quota.spent_usd():.4f} of "
                 f"max_cost_usd={self.limits.max_cost_usd:g}"))
-        contents = await contents_of(prompt, images, self.image_max_side)
+        resolution = self.media_resolution.get(kind) if kind else None
+        contents = await contents_of(prompt, images, self.image_max_side, model=self.model,
+                                     media_resolution=resolution)
         for problem in contents.sent_as_is:
             logger.debug("sending an image as it is: %s", problem)
         max_output = max_output_tokens or (self.max_output_tokens.get(kind) if kind else None)
-        config = generation_config(schema, temperature, max_output, self.thinking_budget, self.service_tier)
+        config = generation_config(schema, temperature, max_output, self.thinking_budget, self.service_tier,
+                                   resolution)
         usage = Usage()
         attempt = 0
         retries = RequestRetries(self.retry)

@@ -8,8 +8,14 @@ own ledger.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# A fixed concurrency below this at flex is warned about (the automatic one goes up to 512 there).
+FLEX_LOW_CONCURRENCY = 64
 
 
 def teacher_folder(cfg: Any) -> str:
@@ -24,6 +30,12 @@ def process_name(cfg: Any) -> str:
     if getattr(cfg, "shard_index", None) is not None:
         return f"qa-shard-{cfg.shard_index:05d}"
     return f"probe-rank-{int(os.environ.get('RANK', 0)):05d}"
+
+
+def media_resolutions(cfg: Any) -> dict[str, str]:
+    """The media_resolution of each request kind (factor, verify, qa) from a config's TeacherSettings."""
+    return {kind: getattr(cfg, f"teacher_media_resolution_{kind}", "unspecified")
+            for kind in ("factor", "verify", "qa")}
 
 
 def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | None = None,
@@ -45,6 +57,12 @@ def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | No
     from vlmprobe.teacher.quota import ProjectScope, QuotaLimits
     from vlmprobe.teacher.retry import RetryPolicy
 
+    tier = service_tier or getattr(cfg, "teacher_service_tier", None) or "standard"
+    if tier == "flex" and 0 < cfg.concurrency < FLEX_LOW_CONCURRENCY:
+        # Little's law: at flex's minutes per answer, 16 in flight is about 3 requests a minute
+        logger.warning("concurrency=%d at the flex tier keeps at most %d requests in flight; flex answers take "
+                       "minutes, so that is a few requests a minute: use concurrency 0 (automatic, sized for flex)",
+                       cfg.concurrency, cfg.concurrency)
     limits = QuotaLimits(rpm=cfg.teacher_rpm, tpm=cfg.teacher_tpm, rpd=cfg.teacher_rpd,
                          max_cost_usd=cfg.max_cost_usd if max_cost_usd is None else max_cost_usd)
     project = ProjectScope(project_folder(cfg.output_uri, cfg.teacher_project), cfg.run_date, step_cap)
@@ -62,6 +80,7 @@ def make_teacher(cfg: Any, *, process: str | None = None, quota_folder: str | No
         max_output_tokens={"factor": cfg.max_output_tokens_factor, "verify": cfg.max_output_tokens_verify,
                            "qa": cfg.max_output_tokens_qa},
         image_max_side=cfg.teacher_image_max_side,
-        service_tier=service_tier or getattr(cfg, "teacher_service_tier", None) or "standard",
+        media_resolution=media_resolutions(cfg),
+        service_tier=tier,
         project=project,
     )

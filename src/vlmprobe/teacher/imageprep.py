@@ -1,8 +1,13 @@
 """Images as the teacher sends them: downscaled, re-encoded, and their input tokens estimated.
 
-Gemini bills an image by its size: one up to 384 px on both sides costs 258 tokens; a larger one
-is cut into tiles, 258 tokens each. We estimate the tiles as 384 x 384 px (a slight
-overestimate for most shapes, which keeps the per-minute token share on the safe side).
+Without ``media_resolution`` Gemini 2.x bills an image by its size: one up to 384 px on both sides
+costs 258 tokens; a larger one is cut into tiles, 258 tokens each. We estimate the tiles as
+384 x 384 px (a slight overestimate for most shapes, which keeps the per-minute token share on
+the safe side). With ``media_resolution`` (``GenerateContentConfig.media_resolution``) an image
+costs a fixed number of tokens whatever its size (:data:`MEDIA_RESOLUTION_TOKENS`): on 2.x models
+64 (low), 256 (medium) and 256 (high: "zoomed reframing"), as google-genai 3.6.1 documents
+``types.MediaResolution``; on Gemini 3 models 280, 560 and 1120, unset meaning high (the Gemini API's
+media-resolution page). The simulator bills the same (:mod:`vlmprobe.sim.request`).
 
 :func:`prepare_image` bounds the long side by ``max_side`` (aspect kept, Lanczos). An image that
 already fits is sent as it is when Gemini takes its format (PNG, JPEG, WEBP). Anything resized or
@@ -36,8 +41,27 @@ class PreparedImage:
         return image_tokens(self.width, self.height)
 
 
-def image_tokens(width: int, height: int) -> int:
-    """Estimated input tokens of a ``width`` x ``height`` image."""
+# Tokens of one image at each media_resolution, by model family; a resolution missing from a
+# family's row (unset, on 2.x) is billed by tiles.
+MEDIA_RESOLUTION_TOKENS: dict[str, dict[str, int]] = {
+    "gemini-3": {"low": 280, "medium": 560, "high": 1120, "unspecified": 1120},
+    "gemini-2": {"low": 64, "medium": 256, "high": 256},
+}
+
+
+def resolution_tokens(model: str, resolution: str | None) -> int | None:
+    """Tokens of one image of ``model`` at ``resolution`` (low, medium, high, unspecified or None),
+    or None when it is billed by its size (tiles)."""
+    name = model.strip().lower().removeprefix("models/")
+    family = "gemini-3" if name.startswith("gemini-3") else "gemini-2"
+    return MEDIA_RESOLUTION_TOKENS[family].get(resolution or "unspecified")
+
+
+def image_tokens(width: int, height: int, model: str = "", resolution: str | None = None) -> int:
+    """Estimated input tokens of a ``width`` x ``height`` image (for ``model`` at ``resolution``)."""
+    fixed = resolution_tokens(model, resolution)
+    if fixed is not None:
+        return fixed
     if width <= TILE_SIDE and height <= TILE_SIDE:
         return TOKENS_PER_TILE
     return TOKENS_PER_TILE * math.ceil(width / TILE_SIDE) * math.ceil(height / TILE_SIDE)

@@ -10,7 +10,9 @@ and bounds the bill: ``thinking_budget`` (0 by default: no thinking where the mo
 ``qa``; thinking counts against it on 2.5 models, so the budget is added on top). A service tier
 other than standard is sent as ``service_tier`` (google-genai 3.6.1 puts it top-level in the body,
 ``"serviceTier": "flex"``); standard sends nothing, so a standard request is the same bytes as
-before the tiers existed.
+before the tiers existed. A ``media_resolution`` (low, medium, high) is sent as
+``generationConfig.mediaResolution`` and sets what each image costs
+(:data:`~vlmprobe.teacher.imageprep.MEDIA_RESOLUTION_TOKENS`); unspecified sends nothing.
 
 :func:`request_body` writes the same request as the JSON google-genai would send for it (the
 ``request`` of a Batch API line); :func:`request_sha256` is the hash of its canonical form, by
@@ -46,9 +48,11 @@ class Contents:
     sent_as_is: list[str] = field(default_factory=list)
 
 
-async def contents_of(prompt: str, images: Sequence[tuple[bytes, str]], image_max_side: int) -> Contents:
+async def contents_of(prompt: str, images: Sequence[tuple[bytes, str]], image_max_side: int, *,
+                      model: str = "", media_resolution: str | None = None) -> Contents:
     """The contents for ``prompt`` about ``images`` ((bytes, mime) pairs), each image downscaled
-    to ``image_max_side`` (0: as it is) in a worker thread."""
+    to ``image_max_side`` (0: as it is) in a worker thread; tokens estimated for ``model`` at
+    ``media_resolution``."""
     parts, tokens, sent_as_is = [], 0, []
     for data, mime in images:
         if mime.startswith("image/") and image_max_side > 0:
@@ -58,10 +62,10 @@ async def contents_of(prompt: str, images: Sequence[tuple[bytes, str]], image_ma
                 sent_as_is.append(str(e))
             else:
                 parts.append(types.Part.from_bytes(data=prepared.data, mime_type=prepared.mime))
-                tokens += prepared.tokens
+                tokens += image_tokens(prepared.width, prepared.height, model, media_resolution)
                 continue
         parts.append(types.Part.from_bytes(data=data, mime_type=mime))
-        tokens += image_tokens(1, 1)
+        tokens += image_tokens(1, 1, model, media_resolution)
     return Contents([*parts, types.Part.from_text(text=prompt)], text_tokens(prompt) + tokens, sent_as_is)
 
 
@@ -96,10 +100,19 @@ def http_options(base_url: str | None, timeout_s: float, session: Any) -> types.
     )
 
 
+def media_resolution_of(name: str | None) -> types.MediaResolution | None:
+    """The SDK's value for ``low``, ``medium`` or ``high``; None (nothing sent) for unspecified or None."""
+    if name in (None, "", "unspecified"):
+        return None
+    return types.MediaResolution(f"MEDIA_RESOLUTION_{name.upper()}")
+
+
 def generation_config(schema: type[BaseModel], temperature: float, max_output: int | None,
-                      thinking_budget: int | None, service_tier: str = "standard") -> types.GenerateContentConfig:
+                      thinking_budget: int | None, service_tier: str = "standard",
+                      media_resolution: str | None = None) -> types.GenerateContentConfig:
     """JSON of ``schema``; ``max_output`` answer tokens (None: the model's cap) with room for
-    ``thinking_budget`` (None: none sent) on top; ``service_tier`` sent unless it is standard."""
+    ``thinking_budget`` (None: none sent) on top; ``service_tier`` sent unless it is standard;
+    ``media_resolution`` (low, medium, high) sent unless unspecified."""
     thinking = None
     if thinking_budget is not None:
         thinking = types.ThinkingConfig(thinking_budget=thinking_budget)
@@ -110,6 +123,7 @@ def generation_config(schema: type[BaseModel], temperature: float, max_output: i
     return types.GenerateContentConfig(
         response_mime_type="application/json", response_json_schema=response_schema(schema),
         temperature=temperature, max_output_tokens=max_output, thinking_config=thinking, service_tier=tier,
+        media_resolution=media_resolution_of(media_resolution),
     )
 
 
@@ -118,6 +132,7 @@ def generation_config(schema: type[BaseModel], temperature: float, max_output: i
 _GENERATION_FIELDS = {
     "response_mime_type": "responseMimeType", "response_json_schema": "responseJsonSchema",
     "temperature": "temperature", "max_output_tokens": "maxOutputTokens", "thinking_config": "thinkingConfig",
+    "media_resolution": "mediaResolution",
 }
 
 
@@ -125,9 +140,10 @@ def _part_json(part: types.Part) -> dict[str, Any]:
     if part.text is not None:
         return {"text": part.text}
     if part.inline_data is not None and part.inline_data.data is not None:
-        # google-genai sends bytes as URL-safe base64.
+        # google-genai sends bytes as URL-safe base64, and the Blob's fields as it dumps them
+        # (mime_type in snake_case, as thinking_config): a batch line is the online body, byte for byte.
         data = base64.urlsafe_b64encode(part.inline_data.data).decode("ascii")
-        return {"inlineData": {"data": data, "mimeType": part.inline_data.mime_type}}
+        return {"inlineData": {"data": data, "mime_type": part.inline_data.mime_type}}
     raise ValueError("request_body writes text and inline-data parts only.")
 
 
@@ -148,6 +164,8 @@ def request_body(parts: Sequence[types.Part], config: types.GenerateContentConfi
             # google-genai passes this object through as it dumps it: field names in snake_case
             # ({"thinking_budget": 0}), which Gemini's JSON parser takes as well as camelCase.
             value = value.model_dump(mode="json", exclude_none=True)
+        elif name == "media_resolution":
+            value = value.value  # the enum's name, as the SDK sends it
         generation[wire] = value
     body: dict[str, Any] = {"contents": [{"parts": [_part_json(p) for p in parts], "role": "user"}]}
     if generation:

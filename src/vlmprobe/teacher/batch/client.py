@@ -1,71 +1,9 @@
-"""The Batch API for one shard: submit once, find the job again after a crash, collect by key and hash.
-
-Gemini's Batch API answers the same requests as ``generateContent`` at half price, within 24 h
-(usually much less; a job pending or running for 48 h expires without results). What it does not
-give, this module adds:
-
-- **Creation is not idempotent** (a retried task would submit and pay twice): a durable
-  **ledger** per shard (a JSON file at ``ledger_uri``, written through :mod:`vlmprobe.io`, so local
-  paths, ``gs://`` and ``s3://`` work) records each job's *intent* (deterministic display name,
-  request count, keys and request hashes) **before** the job is created, and its name after. A
-  rerun finds its job by the ledger, or, when a kill fell between the creation and the record, by
-  ``batches.list`` and the display name; it creates another only when neither knows it.
-- **Results are matched by our key and the request's hash, never by position.** File mode (the
-  default): each JSONL line is ``{"key": "{key}#{sha256[:16]}", "request": ...}``; the result
-  file's lines (``{"key", "response"|"error"}``, which google-genai downloads but does not parse)
-  are read back by that key and checked against the hash recorded for the job and the hash of
-  the request asked now; a line that matches nothing is dropped (counted as ``unmatched``).
-  Inline mode (``inline_max_bytes`` > 0, off by default: users report Gemini not echoing inline
-  ``metadata`` and returning inline responses out of order, python-genai #2008, #1909) is used
-  for small jobs only, and a job's inline answers are trusted only if every response carries
-  the ``metadata`` (key and hash) of a distinct request of the job; otherwise none of them is,
-  its requests are sent again, and the shard uses file mode from then on.
-- **Only what failed is sent again**: a request that got a retryable error (429, 408, 5xx), no
-  result, an unusable answer (bad JSON, schema mismatch: the same check as online,
-  :func:`~vlmprobe.teacher.answers.parsed_or_reject`), or whose job failed, expired or was
-  cancelled, goes into a new job with the others like it, at most ``max_resubmits`` times and
-  only before the deadline (``deadline_h`` from the first job's intent). Past that it comes back
-  as **go online**, for the caller to send through the online
-  :class:`~vlmprobe.teacher.client.Teacher` at its tier; a cut-off answer (MAX_TOKENS) goes
-  online at once (the online path retries it with a larger max_output_tokens). A content verdict
-  (safety, a blocked prompt) or a 400 about the request is a **failure**: an error row, never
-  resent. Jobs the shard no longer needs (past the deadline, or whose requests were all answered
-  elsewhere) are cancelled.
-- **Cost from what was served**: every billed response (used or not) is summed like online
-  usage and priced at batch prices (:mod:`vlmprobe.teacher.pricing`), next to what the same
-  tokens cost at standard.
-
-A FAILED job's reason is dropped by google-genai's converter (``BatchJob.error`` stays None): it is
-read from the raw Operation (``error``) through the same client, best effort. google-genai maps
-``BATCH_STATE_*`` to ``JOB_STATE_*`` (``_transformers.t_job_state``); the ledger keeps the latter.
-
-Use it as an async context manager (one google-genai client per process: pass ``client=`` to
-share the online Teacher's, :attr:`~vlmprobe.teacher.client.Teacher.genai_client`). From a
-deferrable task: :meth:`BatchClient.submit` in the pod, :meth:`BatchClient.poll_once` in the
-trigger until ``status.ready``, :meth:`BatchClient.collect` in the pod again (``outcome.pending``:
-defer once more). From the CLI: :meth:`BatchClient.run` or :func:`run_batch`. Every method is safe
-to rerun: the ledger makes each one continue where the last stopped. One process writes a
-shard's ledger at a time (the shard's task).
-
-The ledger (``version`` 1)::
-
-    {"version": 1, "model": "gemini-2.5-flash", "display_prefix": "vlmprobe-2026-12-01-qa-shard-00003",
-     "started_at": 1764547200.0, "inline_ok": true,
-     "jobs": [{"display_name": "vlmprobe-2026-12-01-qa-shard-00003-j00-3f2a9c0d1e4b", "mode": "file",
-               "request_count": 2, "requests_sha256": "...", "keys": {"k1": "<sha256>", "k2": "<sha256>"},
-               "intent_at": ..., "input_file": "files/...", "name": "batches/...", "created_at": ...,
-               "state": "JOB_STATE_SUCCEEDED", "error": null, "results_uri": "....results.jsonl",
-               "collected_at": ..., "answered": 2, "failed": 0, "unmatched": 0, "usage": {...},
-               "cost_usd": 0.0001, "cancelled_at": null}]}
-
-A job's results, once read, are kept next to the ledger (``results_uri``, lines ``{"key",
-"sha256", "response"|"error"}``), so a later collect never downloads them again.
-"""
+"""The Batch API client for one shard: :class:`BatchClient` (submit, poll_once, collect, run) and
+:func:`run_batch`; the package docstring (:mod:`vlmprobe.teacher.batch`) says what it guarantees."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import logging
@@ -74,20 +12,25 @@ import random
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from google import genai
 from google.genai import errors, types
-from pydantic import BaseModel
 
-from vlmprobe.errors import VlmprobeError
-from vlmprobe.teacher.answers import RejectedOutput, parsed_or_reject, response_from_json
+from vlmprobe.teacher.answers import RejectedOutput, parsed_or_reject
+from vlmprobe.teacher.batch.ledger import (
+    API_KEY_ENV, BASE_URL_ENV, ENDED, INLINE_LIMIT_BYTES, JOB_REASONS, NOT_CREATED, UNSUBMITTED, BatchError,
+    deadline_at, load_ledger, new_job_entry, past_deadline, results_uri, save_ledger,
+)
+from vlmprobe.teacher.batch.results import (
+    BatchAnswer, BatchFailure, BatchOutcome, BatchRequest, BatchStatus, GoOnline, Prepared, config_of, inline_lines,
+    job_summary, matched_line, response_of, state_of,
+)
 from vlmprobe.teacher.request import (
     DEFAULT_MAX_OUTPUT_TOKENS, contents_of, generation_config, http_options, request_body, request_sha256,
     thinking_budget_for,
 )
-from vlmprobe.teacher.results import Schema, one_line, redact
+from vlmprobe.teacher.results import one_line, redact
 from vlmprobe.teacher.retry import RETRYABLE_STATUS, RetryPolicy, classify, unusable_error
 from vlmprobe.teacher.usage import Ledger, Usage, usage_of
 
@@ -96,150 +39,23 @@ try:  # google-genai uses aiohttp as its transport when it is installed, else ht
 except ImportError:  # pragma: no cover - depends on the image
     aiohttp = None  # type: ignore[assignment]
 
-logger = logging.getLogger(__name__)
-
-API_KEY_ENV = "GEMINI_API_KEY"
-BASE_URL_ENV = "GEMINI_BASE_URL"
-LEDGER_VERSION = 1
-INLINE_LIMIT_BYTES = 20_000_000  # Gemini's limit on an inline batch request
-UNSUBMITTED = "UNSUBMITTED"  # a ledger intent whose job is not (yet) known to exist
-GONE = "GONE"  # a job Gemini no longer knows (404): deleted, or its results with it
-ENDED = frozenset({"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED",
-                   "JOB_STATE_PARTIALLY_SUCCEEDED", GONE})
-_JOB_REASONS = {"JOB_STATE_FAILED": "job_failed", "JOB_STATE_EXPIRED": "job_expired",
-                "JOB_STATE_CANCELLED": "job_cancelled", GONE: "job_gone"}
+logger = logging.getLogger("vlmprobe.teacher.batch")
 
 T = TypeVar("T")
 
-
-class BatchError(VlmprobeError):
-    """A Batch API call failed after its retries; the ledger keeps every job: a rerun continues."""
-
-    exit_code = 1
-
-
-def display_prefix(run_date: str, step: str, shard: int) -> str:
-    """The deterministic start of a shard's job names: ``vlmprobe-{run_date}-{step}-shard-{NNNNN}``."""
-    return f"vlmprobe-{run_date}-{step}-shard-{shard:05d}"
-
-
-# -- what goes in, what comes out ----------------------------------------------------------------
-
-@dataclass(frozen=True)
-class BatchRequest:
-    """One request of a batch: ``key`` is ours (unique within the shard, e.g. a failure key);
-    the rest is what :meth:`~vlmprobe.teacher.client.Teacher.generate` takes."""
-
-    key: str
-    prompt: str
-    schema: type[BaseModel]
-    images: tuple[tuple[bytes, str], ...] = ()
-    kind: str | None = None
-    temperature: float = 0.2
-    max_output_tokens: int | None = None
-
-
-@dataclass
-class _Prepared:
-    request: BatchRequest
-    body: dict[str, Any]
-    sha256: str
-
-    @property
-    def wire_key(self) -> str:
-        return f"{self.request.key}#{self.sha256[:16]}"
-
-
-@dataclass
-class BatchAnswer(Generic[Schema]):
-    """A request answered by a job: the parsed answer, its tokens, the job (display name) and
-    Gemini's ``responseId``."""
-
-    key: str
-    parsed: Schema
-    usage: Usage
-    job: str
-    response_id: str | None = None
-
-
-@dataclass
-class BatchFailure:
-    """A request that failed for good (an error row): a content verdict or a 400 about it."""
-
-    key: str
-    reason: str
-    message: str
-    usage: Usage
-    job: str
-
-
-@dataclass
-class GoOnline:
-    """A request the batch did not answer in time or in its resubmissions: send it online.
-    ``reason`` is the last thing that went wrong (``deadline``, ``job_expired``, ``http_503``,
-    ``schema_mismatch``, ``finish_max_tokens``...); ``jobs`` how many jobs it was in."""
-
-    key: str
-    reason: str
-    jobs: int
-
-
-@dataclass
-class BatchStatus:
-    """Where a shard's jobs stand. ``ready``: :meth:`BatchClient.collect` has work (every job ended,
-    the deadline passed, or an intent has no job yet); ``jobs``: display name → state."""
-
-    jobs: dict[str, str]
-    ready: bool
-    all_ended: bool
-    deadline_at: float | None
-    deadline_passed: bool
-    poll_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-able (for a trigger event or XCom)."""
-        return {"jobs": dict(self.jobs), "ready": self.ready, "all_ended": self.all_ended,
-                "deadline_at": self.deadline_at, "deadline_passed": self.deadline_passed, "poll_s": self.poll_s}
-
-
-@dataclass
-class BatchOutcome:
-    """What a collect found, for every key asked: an answer, a failure, go online, or pending.
-
-    ``usage`` sums every billed response of the shard's jobs (used or not); ``cost_usd`` is its
-    batch price (None when the model has no batch price) and ``standard_cost_usd`` the same tokens
-    at standard. ``jobs`` summarises each job; ``collected_now`` names those read by this call
-    (count their cost once, e.g. into the run's budget).
-    """
-
-    answers: dict[str, BatchAnswer[Any]] = field(default_factory=dict)
-    failures: dict[str, BatchFailure] = field(default_factory=dict)
-    go_online: dict[str, GoOnline] = field(default_factory=dict)
-    pending: list[str] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float | None = None
-    standard_cost_usd: float | None = None
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    collected_now: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        """Every key has an answer, a failure or go-online: nothing waits on a job."""
-        return not self.pending
-
-
-# -- the client ----------------------------------------------------------------------------------
 
 class BatchClient:
     """The Batch API for one shard's requests, with its ledger at ``ledger_uri``.
 
     ``display_prefix`` starts every job's display name (:func:`display_prefix`). ``deadline_h``
     bounds the batch from the first job's intent; ``max_resubmits`` how often a request that failed
-    in a job is sent again in a new one; ``inline_max_bytes`` (0: never) the largest job sent inline.
+    in a job is sent again in a new one (``resend=False``: never, nor one that no job holds: :meth:`collect`
+    hands them to online at once, e.g. in a pod that must not wait for a new job); ``inline_max_bytes``
+    (0: never) the largest job sent inline.
     ``poll_s`` is the time between polls in :meth:`run` (and the trigger's hint). ``thinking_budget``,
-    ``max_output_tokens`` per request kind and ``image_max_side`` build the requests as the online
-    Teacher does. ``retry`` bounds the retries of each API call (create, get, upload, download...);
-    ``timeout_s`` one HTTP call. ``client`` shares an open google-genai client (not closed here).
+    ``max_output_tokens`` and ``media_resolution`` per request kind and ``image_max_side`` build the
+    requests as the online Teacher does. ``retry`` bounds the retries of each API call (create, get,
+    upload, download...); ``timeout_s`` one HTTP call. ``client`` shares an open google-genai client (not closed here).
     """
 
     def __init__(
@@ -253,11 +69,13 @@ class BatchClient:
         client: genai.Client | None = None,
         deadline_h: float = 24.0,
         max_resubmits: int = 2,
+        resend: bool = True,
         inline_max_bytes: int = 0,
         poll_s: float = 30.0,
         thinking_budget: int | None = 0,
         max_output_tokens: Mapping[str, int] | None = None,
         image_max_side: int = 768,
+        media_resolution: Mapping[str, str] | None = None,
         retry: RetryPolicy | None = None,
         timeout_s: float = 120.0,
     ) -> None:
@@ -277,11 +95,13 @@ class BatchClient:
         self.base_url = base_url if base_url is not None else os.environ.get(BASE_URL_ENV) or None
         self.deadline_s = deadline_h * 3600.0
         self.max_resubmits = max_resubmits
+        self.resend = resend
         self.inline_max_bytes = inline_max_bytes
         self.poll_s = poll_s
         self.thinking_budget = thinking_budget_for(model, thinking_budget)
         self.max_output_tokens = {**DEFAULT_MAX_OUTPUT_TOKENS, **(max_output_tokens or {})}
         self.image_max_side = image_max_side
+        self.media_resolution = dict(media_resolution or {})
         self.retry = retry or RetryPolicy()
         self.timeout_s = timeout_s
         self._api_key = api_key
@@ -289,7 +109,7 @@ class BatchClient:
         self._client: genai.Client | None = client
         self._session: Any = None
         self._rng = random.Random()
-        self._prepared: dict[str, _Prepared] = {}
+        self._prepared: dict[str, Prepared] = {}
 
     def __repr__(self) -> str:
         return (f"BatchClient(model={self.model!r}, display_prefix={self.display_prefix!r}, "
@@ -323,34 +143,19 @@ class BatchClient:
 
     # -- the ledger ----------------------------------------------------------------------------
     def _load(self) -> dict[str, Any]:
-        from vlmprobe.io import exists, read_json
-
-        if not exists(self.ledger_uri):
-            return {"version": LEDGER_VERSION, "model": self.model, "display_prefix": self.display_prefix,
-                    "started_at": None, "inline_ok": True, "jobs": []}
-        ledger = read_json(self.ledger_uri)
-        if ledger.get("version") != LEDGER_VERSION:
-            raise BatchError(f"{self.ledger_uri}: ledger version {ledger.get('version')!r}, expected {LEDGER_VERSION}")
-        if ledger.get("display_prefix") != self.display_prefix or ledger.get("model") != self.model:
-            raise BatchError(f"{self.ledger_uri} belongs to {ledger.get('display_prefix')!r} on "
-                             f"{ledger.get('model')!r}, not {self.display_prefix!r} on {self.model!r}")
-        return ledger
+        return load_ledger(self.ledger_uri, self.model, self.display_prefix)
 
     def _save(self, ledger: dict[str, Any]) -> None:
-        from vlmprobe.io import write_json
-
-        write_json(self.ledger_uri, ledger)
+        save_ledger(self.ledger_uri, ledger)
 
     def _results_uri(self, display_name: str) -> str:
-        base = self.ledger_uri[:-5] if self.ledger_uri.endswith(".json") else self.ledger_uri
-        return f"{base}.{display_name}.results.jsonl"
+        return results_uri(self.ledger_uri, display_name)
 
     def _deadline_at(self, ledger: dict[str, Any]) -> float | None:
-        return None if ledger.get("started_at") is None else ledger["started_at"] + self.deadline_s
+        return deadline_at(ledger, self.deadline_s)
 
     def _past_deadline(self, ledger: dict[str, Any]) -> bool:
-        deadline = self._deadline_at(ledger)
-        return deadline is not None and time.time() >= deadline
+        return past_deadline(ledger, self.deadline_s)
 
     # -- API calls, with the retry policy ----------------------------------------------------------
     async def _call(self, what: str, call: Callable[[], Awaitable[T]], missing_ok: bool = False) -> T | None:
@@ -405,38 +210,35 @@ class BatchClient:
             return None
 
     # -- requests --------------------------------------------------------------------------------
-    async def _prepare(self, requests: Sequence[BatchRequest]) -> dict[str, _Prepared]:
+    async def _prepare(self, requests: Sequence[BatchRequest]) -> dict[str, Prepared]:
         """Each request's body (images downscaled, as online) and hash, by key; the same request
         object is prepared once per client."""
-        out: dict[str, _Prepared] = {}
+        out: dict[str, Prepared] = {}
         for request in requests:
             if request.key in out:
                 raise ValueError(f"two batch requests share the key {request.key!r}: keys must be unique")
             cached = self._prepared.get(request.key)
             if cached is None or cached.request is not request:
-                contents = await contents_of(request.prompt, request.images, self.image_max_side)
+                resolution = self.media_resolution.get(request.kind) if request.kind else None
+                contents = await contents_of(request.prompt, request.images, self.image_max_side, model=self.model,
+                                             media_resolution=resolution)
                 max_output = request.max_output_tokens or (
                     self.max_output_tokens.get(request.kind) if request.kind else None)
-                config = generation_config(request.schema, request.temperature, max_output, self.thinking_budget)
+                config = generation_config(request.schema, request.temperature, max_output, self.thinking_budget,
+                                           media_resolution=resolution)
                 body = request_body(contents.parts, config)
-                cached = self._prepared[request.key] = _Prepared(request, body, request_sha256(body))
+                cached = self._prepared[request.key] = Prepared(request, body, request_sha256(body))
             out[request.key] = cached
         return out
 
     # -- creating a job --------------------------------------------------------------------------
-    def _plan_job(self, ledger: dict[str, Any], items: list[_Prepared]) -> dict[str, Any]:
+    def _plan_job(self, ledger: dict[str, Any], items: list[Prepared]) -> dict[str, Any]:
         keys = {p.request.key: p.sha256 for p in sorted(items, key=lambda p: p.request.key)}
-        digest = hashlib.sha256("\n".join(f"{k}\t{v}" for k, v in keys.items()).encode()).hexdigest()
         size = sum(len(json.dumps(p.body)) for p in items)
         inline = bool(ledger.get("inline_ok", True)) and 0 < size <= self.inline_max_bytes
-        display_name = f"{self.display_prefix}-j{len(ledger['jobs']):02d}-{digest[:12]}"
-        return {"display_name": display_name, "mode": "inline" if inline else "file", "request_count": len(keys),
-                "requests_sha256": digest, "keys": keys, "intent_at": time.time(), "input_file": None,
-                "name": None, "created_at": None, "state": UNSUBMITTED, "error": None, "results_uri": None,
-                "collected_at": None, "answered": 0, "failed": 0, "unmatched": 0, "usage": None,
-                "cost_usd": None, "cancelled_at": None}
+        return new_job_entry(ledger, self.display_prefix, keys, inline)
 
-    async def _submit_job(self, ledger: dict[str, Any], items: list[_Prepared]) -> None:
+    async def _submit_job(self, ledger: dict[str, Any], items: list[Prepared]) -> None:
         """Record the intent of a job for ``items``, then find it by its display name (a cleared
         task whose ledger was deleted made it already) or create it, and record its name."""
         entry = self._plan_job(ledger, items)
@@ -446,13 +248,13 @@ class BatchClient:
         self._save(ledger)  # the intent, before anything is created
         await self._resolve_intents(ledger, {p.request.key: p for p in items})
 
-    async def _create(self, ledger: dict[str, Any], entry: dict[str, Any], items: dict[str, _Prepared]) -> None:
+    async def _create(self, ledger: dict[str, Any], entry: dict[str, Any], items: dict[str, Prepared]) -> None:
         """Create the job of a recorded intent (its input uploaded first in file mode); a retried
         create looks for the job by its display name before sending again."""
         display_name = entry["display_name"]
         ordered = [items[key] for key in entry["keys"]]
         if entry["mode"] == "inline":
-            src: Any = [{"contents": p.body["contents"], "config": _config_of(p.body),
+            src: Any = [{"contents": p.body["contents"], "config": config_of(p.body),
                          "metadata": {"key": p.request.key, "sha256": p.sha256}} for p in ordered]
         else:
             lines = "".join(json.dumps({"key": p.wire_key, "request": p.body}, separators=(",", ":")) + "\n"
@@ -486,12 +288,12 @@ class BatchClient:
     def _record_job(self, ledger: dict[str, Any], entry: dict[str, Any], job: types.BatchJob) -> None:
         """Write the created job's name into the ledger (a kill before this line leaves an intent
         that the next call resolves by display name)."""
-        entry.update(name=job.name, created_at=time.time(), state=_state(job))
+        entry.update(name=job.name, created_at=time.time(), state=state_of(job))
         self._save(ledger)
         logger.info("Gemini Batch API: created %s (%s, %d requests, %s mode)", job.name, entry["display_name"],
                     entry["request_count"], entry["mode"])
 
-    async def _resolve_intents(self, ledger: dict[str, Any], items: dict[str, _Prepared] | None) -> None:
+    async def _resolve_intents(self, ledger: dict[str, Any], items: dict[str, Prepared] | None) -> None:
         """Give every intent without a name its job: found by display name, else created (when the
         requests are at hand and still the same; otherwise the intent is dropped)."""
         for entry in ledger["jobs"]:
@@ -506,7 +308,7 @@ class BatchClient:
                 if all(key in items and items[key].sha256 == sha for key, sha in entry["keys"].items()):
                     await self._create(ledger, entry, items)
                 else:  # the requests changed since: plan them afresh
-                    entry["state"] = "NOT_CREATED"
+                    entry["state"] = NOT_CREATED
                     self._save(ledger)
 
     # -- states ----------------------------------------------------------------------------------
@@ -518,7 +320,7 @@ class BatchClient:
                 continue
             job = await self._call(f"get of {entry['name']}",
                                    lambda name=entry["name"]: self._aio.batches.get(name=name), missing_ok=True)
-            state = _state(job)
+            state = state_of(job)
             if state != entry["state"]:
                 entry["state"], changed = state, True
                 if state == "JOB_STATE_FAILED":
@@ -528,7 +330,7 @@ class BatchClient:
             self._save(ledger)
 
     def _status(self, ledger: dict[str, Any]) -> BatchStatus:
-        live = [e for e in ledger["jobs"] if e["state"] != "NOT_CREATED"]
+        live = [e for e in ledger["jobs"] if e["state"] != NOT_CREATED]
         jobs = {e["display_name"]: e["state"] for e in live}
         all_ended = all(e["state"] in ENDED or e["cancelled_at"] is not None for e in live)
         unresolved = any(e["name"] is None for e in live)
@@ -543,7 +345,7 @@ class BatchClient:
         items = await self._prepare(requests)
         ledger = self._load()
         await self._resolve_intents(ledger, items)
-        held = {key for e in ledger["jobs"] if e["state"] != "NOT_CREATED"
+        held = {key for e in ledger["jobs"] if e["state"] != NOT_CREATED
                 for key, sha in e["keys"].items() if key in items and items[key].sha256 == sha}
         missing = [items[key] for key in items if key not in held]
         if missing and not self._past_deadline(ledger):
@@ -581,7 +383,7 @@ class BatchClient:
         unneeded = [e for e in ledger["jobs"] if e["name"] and e["state"] not in ENDED and e["cancelled_at"] is None
                     and not any(key in waiting and items[key].sha256 == sha for key, sha in e["keys"].items())]
         await self._cancel(ledger, unneeded, "no request asked now waits on it")
-        outcome.jobs = [_job_summary(e) for e in ledger["jobs"] if e["state"] != "NOT_CREATED"]
+        outcome.jobs = [job_summary(e) for e in ledger["jobs"] if e["state"] != NOT_CREATED]
         outcome.collected_now = collected_now
         outcome.pending.sort()
         return outcome
@@ -620,7 +422,7 @@ class BatchClient:
             logger.info("Gemini Batch API: cancelled %s (%s): %s", name, entry["display_name"], why)
             job = await self._call(f"get of {name}", lambda name=name: self._aio.batches.get(name=name),
                                    missing_ok=True)
-            entry["state"] = _state(job)  # a cancel may take a while to show: the job counts as done for us
+            entry["state"] = state_of(job)  # a cancel may take a while to show: the job counts as done for us
             self._save(ledger)
             if entry["state"] in ENDED and entry["collected_at"] is None:
                 await self._collect_job(ledger, entry)
@@ -642,13 +444,13 @@ class BatchClient:
                              entry["name"], dest.file_name)
                 data = b""
             for raw in data.splitlines():
-                line = _matched_line(raw, entry)
+                line = matched_line(raw, entry)
                 if line is None:
                     unmatched += bool(raw.strip())
                 else:
                     lines.append(line)
         elif dest is not None and dest.inlined_responses:
-            lines, unmatched = _inline_lines(dest.inlined_responses, entry)
+            lines, unmatched = inline_lines(dest.inlined_responses, entry)
             if unmatched:
                 ledger["inline_ok"] = False
                 logger.warning("Gemini Batch API: %d inline answers of %s carry no usable metadata: the job's "
@@ -658,7 +460,7 @@ class BatchClient:
                            unmatched, entry["name"])
         usage = Ledger(self.model)
         for line in lines:
-            response = _response_of(line)
+            response = response_of(line)
             if response is not None:
                 usage.add(usage_of(response), "batch")
         tally = usage.by_tier.get("batch")
@@ -682,7 +484,7 @@ class BatchClient:
             return {}
         return {line["key"]: line for line in iter_jsonl(entry["results_uri"])}
 
-    def _outcome(self, ledger: dict[str, Any], items: dict[str, _Prepared]) -> tuple[BatchOutcome, list[_Prepared]]:
+    def _outcome(self, ledger: dict[str, Any], items: dict[str, Prepared]) -> tuple[BatchOutcome, list[Prepared]]:
         """Every key's standing from the ledger and the kept results, and the requests to send again."""
         outcome = BatchOutcome()
         billed = Ledger(self.model)
@@ -691,13 +493,13 @@ class BatchClient:
             if entry.get("collected_at") is not None:
                 results[entry["display_name"]] = self._results(entry)
                 for line in results[entry["display_name"]].values():
-                    response = _response_of(line)
+                    response = response_of(line)
                     if response is not None:
                         billed.add(usage_of(response), "batch")
         past = self._past_deadline(ledger)
-        resend: list[_Prepared] = []
+        resend: list[Prepared] = []
         for key, item in items.items():
-            jobs = [e for e in ledger["jobs"] if e["state"] != "NOT_CREATED" and e["keys"].get(key) == item.sha256]
+            jobs = [e for e in ledger["jobs"] if e["state"] != NOT_CREATED and e["keys"].get(key) == item.sha256]
             verdict = self._verdict(key, item, jobs, results)
             if isinstance(verdict, BatchAnswer):
                 outcome.answers[key] = verdict
@@ -707,10 +509,10 @@ class BatchClient:
                 outcome.pending.append(key)
             else:
                 reason, retryable = verdict
-                if retryable and not past and len(jobs) <= self.max_resubmits:
+                if self.resend and retryable and not past and len(jobs) <= self.max_resubmits:
                     resend.append(item)
                 else:
-                    reason = "deadline" if reason == "unsubmitted" else reason
+                    reason = "deadline" if reason == "unsubmitted" and past else reason
                     outcome.go_online[key] = GoOnline(key, reason, len(jobs))
         outcome.usage = billed.usage
         tally = billed.by_tier.get("batch")
@@ -721,7 +523,7 @@ class BatchClient:
             outcome.cost_usd = outcome.standard_cost_usd = 0.0
         return outcome, resend
 
-    def _verdict(self, key: str, item: _Prepared, jobs: list[dict[str, Any]],
+    def _verdict(self, key: str, item: Prepared, jobs: list[dict[str, Any]],
                  results: dict[str, dict[str, dict[str, Any]]]) -> Any:
         """A key's standing: a BatchAnswer or BatchFailure, "pending", or (reason, retryable)."""
         last: tuple[str, bool] = ("unsubmitted", True)
@@ -734,10 +536,10 @@ class BatchClient:
             line = results.get(entry["display_name"], {}).get(key)
             if line is None:
                 reason = ("deadline" if entry["cancelled_at"] is not None
-                          else _JOB_REASONS.get(entry["state"], "no_result"))
+                          else JOB_REASONS.get(entry["state"], "no_result"))
                 last = (reason, True)
                 continue
-            response = _response_of(line)
+            response = response_of(line)
             if response is None:
                 error = line.get("error") or {}
                 code = int(error.get("code") or 0)
@@ -759,81 +561,6 @@ class BatchClient:
                 continue
             return BatchAnswer(key, parsed, usage, entry["display_name"], response.response_id)
         return last
-
-
-# -- reading results -----------------------------------------------------------------------------
-
-def _state(job: types.BatchJob | None) -> str:
-    if job is None:
-        return GONE
-    state = job.state
-    return str(getattr(state, "name", None) or state or "JOB_STATE_UNSPECIFIED")
-
-
-def _config_of(body: dict[str, Any]) -> dict[str, Any]:
-    """The GenerateContentConfig (as a dict google-genai accepts) of a request body we wrote."""
-    generation = body.get("generationConfig") or {}
-    config: dict[str, Any] = {}
-    names = {"responseMimeType": "response_mime_type", "responseJsonSchema": "response_json_schema",
-             "temperature": "temperature", "maxOutputTokens": "max_output_tokens"}
-    for wire, name in names.items():
-        if wire in generation:
-            config[name] = generation[wire]
-    if "thinkingConfig" in generation:
-        config["thinking_config"] = generation["thinkingConfig"]  # snake_case, as request_body wrote it
-    return config
-
-
-def _matched_line(raw: bytes, entry: dict[str, Any]) -> dict[str, Any] | None:
-    """A result-file line as ``{"key", "sha256", "response"|"error"}`` when its key names a
-    request of the job with that hash; None otherwise (or when it is not a result line)."""
-    try:
-        line = json.loads(raw)
-        key, prefix = str(line["key"]).rsplit("#", 1)
-    except (ValueError, KeyError, TypeError):
-        return None
-    sha = entry["keys"].get(key)
-    if sha is None or not prefix or not sha.startswith(prefix):
-        return None
-    if isinstance(line.get("response"), dict):
-        return {"key": key, "sha256": sha, "response": line["response"]}
-    if isinstance(line.get("error"), dict):
-        return {"key": key, "sha256": sha, "error": line["error"]}
-    return None
-
-
-def _inline_lines(responses: list[types.InlinedResponse], entry: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """An inline job's responses as result lines, trusted only if each carries the metadata (key and
-    hash) of a distinct request of the job: else none is kept and all count as unmatched."""
-    lines, seen = [], set()
-    for item in responses:
-        meta = item.metadata or {}
-        key, sha = meta.get("key"), meta.get("sha256")
-        if key is None or key in seen or entry["keys"].get(key) != sha:
-            return [], len(responses)
-        seen.add(key)
-        if item.response is not None:
-            lines.append({"key": key, "sha256": sha,
-                          "sdk_response": item.response.model_dump(mode="json", exclude_none=True)})
-        else:
-            error = item.error
-            lines.append({"key": key, "sha256": sha, "error": {"code": error.code if error else 0,
-                                                                 "message": error.message if error else ""}})
-    return lines, 0
-
-
-def _response_of(line: dict[str, Any]) -> types.GenerateContentResponse | None:
-    """The response of a result line (None for an error line)."""
-    if "response" in line:
-        return response_from_json(line["response"])
-    if "sdk_response" in line:
-        return types.GenerateContentResponse.model_validate(line["sdk_response"])
-    return None
-
-
-def _job_summary(entry: dict[str, Any]) -> dict[str, Any]:
-    return {k: entry.get(k) for k in ("display_name", "name", "mode", "state", "request_count", "answered",
-                                      "failed", "unmatched", "usage", "cost_usd", "error", "cancelled_at")}
 
 
 async def run_batch(model: str, requests: Sequence[BatchRequest], *, ledger_uri: str, display_prefix: str,
