@@ -217,7 +217,7 @@ def test_online_mode_submits_nothing_and_a_spent_budget_submits_no_job(tmp_path,
         run_shard(budget)
         assert sim.batch_stats()["jobs_created"] == 0
     errors = list(iter_jsonl(shard.qa_errors(0)))
-    assert errors and {e["reason"] for e in errors} == {"teacher_budget_reached"}
+    assert errors and {e["reason"] for e in errors} == {"limited_budget"}  # a limit, not a teacher error
 
 
 def test_request_keys_name_place_and_failure():

@@ -148,7 +148,7 @@ async def _submit(cfg: QAConfig, s: _Shard, wait: bool) -> dict[str, Any]:
             return {**summary, "jobs": {}}
         if teacher.quota.budget_reached():
             log.warning("qa shard %d: the run's teacher budget is spent (max_cost_usd): no batch job is submitted; "
-                        "its failures become teacher_budget_reached rows", cfg.shard_index)
+                        "its failures become limited_budget rows", cfg.shard_index)
             return {**summary, "jobs": {}, "budget_reached": True}
         async with batch_client(cfg, teacher, max_resubmits=CLI_MAX_RESUBMITS) as batch:
             status = await batch.submit(requests)

@@ -112,13 +112,16 @@ def item_row(item: Mapping[str, Any], failure: Mapping[str, Any], image: Any) ->
 
 
 def write_shard_parquet(uri: str, kept: Mapping[int, list[dict[str, Any]]],
-                        batches: Iterable[list[tuple[int, Any, str | None, Any]]]) -> QAShardParquet:
+                        batches: Iterable[list[tuple[int, Any, str | None, Any]]],
+                        images: Mapping[int, bytes] | None = None) -> QAShardParquet:
     """Write one shard's Parquet file; returns its figures (for the shard's stats).
 
     ``kept``: the items written to the JSONL shard, by the failure's position in the shard;
     ``batches``: the shard's records again, as ``(position, record, problem, image or exception)``
-    (:func:`vlmprobe.qa.run._batches`), with images read for the positions in ``kept``. Raises
-    RuntimeError, writing nothing, when an item's failure is not among the records.
+    (:func:`vlmprobe.qa.run._batches`, in its reading order: by input file and row), with images
+    read for the positions in ``kept`` that ``images`` (bytes the shard kept from asking the
+    teacher) does not hold. Raises RuntimeError, writing nothing, when an item's failure is not
+    among the records.
     """
     from vlmprobe.io.fs import atomic_write
 
@@ -127,7 +130,7 @@ def write_shard_parquet(uri: str, kept: Mapping[int, list[dict[str, Any]]],
     with atomic_write(uri, "wb") as f, pq.ParquetWriter(f, SCHEMA) as writer:
         pending: list[dict[str, Any]] = []
         size = 0
-        for row in _rows(kept, batches):
+        for row in _rows(kept, batches, images or {}):
             pending.append(row)
             rows += 1
             missing += row["image"] is None
@@ -143,9 +146,9 @@ def write_shard_parquet(uri: str, kept: Mapping[int, list[dict[str, Any]]],
     return QAShardParquet(uri=uri, rows=rows, images_missing=missing)
 
 
-def _rows(kept: Mapping[int, list[dict[str, Any]]],
-          batches: Iterable[list[tuple[int, Any, str | None, Any]]]) -> Iterator[dict[str, Any]]:
+def _rows(kept: Mapping[int, list[dict[str, Any]]], batches: Iterable[list[tuple[int, Any, str | None, Any]]],
+          images: Mapping[int, bytes]) -> Iterator[dict[str, Any]]:
     for batch in batches:
         for seq, record, _, image in batch:
             for item in kept.get(seq, ()):
-                yield item_row(item, record if isinstance(record, Mapping) else {}, image)
+                yield item_row(item, record if isinstance(record, Mapping) else {}, images.get(seq, image))

@@ -60,7 +60,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
@@ -75,6 +75,8 @@ from vlmprobe.qa.target_check import TargetCheck, check_mode, decoded_rgb
 
 log = logging.getLogger("vlmprobe.qa")
 
+# The images of failures with items a shard keeps for its Parquet file rather than read them again.
+IMAGE_CACHE_BYTES = 512 * 1024 * 1024
 # What a journal record looks like; a change makes older journals another job (the fingerprint).
 JOURNAL_FORMAT = 1
 # The fields of a sampled failure that QA reads.
@@ -220,9 +222,19 @@ class _Shard:
     done: dict[int, Outcome]
     check: TargetCheck | None
 
+    # the image bytes of failures that got items, kept for the Parquet file so that it reads no row
+    # group again (up to IMAGE_CACHE_BYTES; the rest, and resumed failures, are read a second time)
+    images: dict[int, bytes] = field(default_factory=dict)
+    images_bytes: int = 0
+
     def want_image(self, seq: int) -> bool:
         """Whether failure ``seq`` needs its image: asked now, or resumed with items for the target check."""
         return seq not in self.done or (self.check is not None and bool(self.done[seq].items))
+
+    def keep_image(self, seq: int, image: Any) -> None:
+        if isinstance(image, bytes) and self.images_bytes + len(image) <= IMAGE_CACHE_BYTES:
+            self.images[seq] = image
+            self.images_bytes += len(image)
 
 
 def _open_shard(cfg: QAConfig, load_target: bool = True) -> _Shard:
@@ -288,7 +300,9 @@ async def _answer(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str])
         progress.update(1)
 
     async def one(seq: int, rec: dict[str, Any], image: Any) -> None:
-        record(*await work.handle(seq, rec, image))
+        out, rgb = await work.handle(seq, rec, image)
+        s.keep_image(seq, image if out.items else None)
+        record(out, rgb)
 
     with Progress(total=shard.count, desc=f"qa shard {index}", unit="failures", logger=log) as progress:
         # QA's reservation in the night's plan caps its requests (no cap without a plan)
@@ -389,8 +403,10 @@ def _write_outputs(s: _Shard, outcomes: dict[int, Outcome], counts: Counter[str]
     if counts["failures"] != counts["failures_with_items"] + counts["errors"]:
         raise RuntimeError(f"qa shard {index} counts do not add up: {dict(counts)}")
     # the same items as a dataset, with their images read again a batch at a time (vlmprobe.qa.dataset)
-    parquet = write_shard_parquet(layout.qa_parquet(index), kept,
-                                  _batches(_shard_records(s.plan, index), cfg.batch_size, kept.__contains__))
+    parquet = write_shard_parquet(
+        layout.qa_parquet(index), kept,
+        _batches(_shard_records(s.plan, index), cfg.batch_size, lambda seq: seq in kept and seq not in s.images),
+        s.images)
     device = getattr(check.target, "device", None) if check is not None else None
     stats = QAShardStats(
         shard_index=index,
