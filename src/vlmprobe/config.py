@@ -110,6 +110,8 @@ class ProbeConfig(StepConfig, TeacherSettings, TargetPin):
     target_images_per_s: float = param("target_images_per_s")
     probe_wall_factor: float = param("probe_wall_factor")
     probe_min_tail_s: float = param("probe_min_tail_s")
+    qa_mode: Literal["online", "batch"] = param("qa_mode")  # the plan prices QA by its mode
+    teacher_batch_enqueued_tokens: int = param("teacher_batch_enqueued_tokens")
     # Two timeouts: start-up collectives (the plan broadcast) fail fast; a rank that
     # finished its rows waits for the slowest on a gloo group of its own, as long as the task may run.
     pg_timeout_s: int = Field(1800, ge=1, le=86400, description="Timeout of the ranks' start-up collectives "

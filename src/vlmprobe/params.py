@@ -360,6 +360,16 @@ PARAM_SPECS.update({
                     "online at teacher_service_tier and the shard's unfinished jobs are cancelled (Gemini "
                     "expires a job at 48 h). Keep it below what the night can spare.",
     ),
+    "teacher_batch_enqueued_tokens": dict(
+        default=3_000_000,
+        type="integer",
+        minimum=0,
+        maximum=10_000_000_000,
+        section=TIERS,
+        description="The Batch API's enqueued-token quota of the Gemini project (0 = no limit): in batch mode "
+                    "the night's plan caps QA's sampled failures at what the jobs may hold. Default: tier 1 of "
+                    "gemini-2.5-flash as documented (check your project's).",
+    ),
     "batch_poll_s": dict(
         default=60.0,
         type="number",

@@ -19,7 +19,8 @@ def priors(**over):
     base = default_priors(expected_error_rate=over.pop("error_rate", D["expected_error_rate"]),
                           images_per_s=over.pop("images_per_s", D["target_images_per_s"]),
                           template_version="v1", image_max_side=D["teacher_image_max_side"],
-                          thinking_budget=D["thinking_budget"])
+                          thinking_budget=D["thinking_budget"], model=D["gemini_model"],
+                          resolutions={k: D[f"teacher_media_resolution_{k}"] for k in ("factor", "verify", "qa")})
     return base.model_copy(update=over)
 
 
@@ -27,7 +28,9 @@ def inputs(**over):
     values = dict(rows=64 * 10_000, ranks=D["nproc_per_node"], gemini_model=D["gemini_model"],
                   requests_left_today=D["teacher_rpd"], teacher_rpm=D["teacher_rpm"], teacher_tpm=D["teacher_tpm"],
                   max_cost_usd=D["max_cost_usd"], probe_wall_factor=D["probe_wall_factor"],
-                  probe_min_tail_s=D["probe_min_tail_s"])
+                  probe_min_tail_s=D["probe_min_tail_s"], probe_tier=D["teacher_service_tier"],
+                  qa_tier=D["teacher_service_tier"], qa_mode=D["qa_mode"],
+                  batch_enqueued_tokens=D["teacher_batch_enqueued_tokens"])
     values.update(over)
     return PlanInputs(**values)
 
@@ -164,3 +167,32 @@ def test_explain_hash_is_uniform_and_keyed():
     values = [explain_hash(key, f"r{i}") for i in range(20_000)]
     assert 0.48 < sum(v < 0.5 for v in values) / len(values) < 0.52
     assert explain_hash(selection_key(1), "r1") != explain_hash(key, "r1")
+
+
+def test_flex_and_batch_halve_the_cost_of_an_explained_failure():
+    standard = plan_night(inputs(requests_left_today=None, max_cost_usd=10.0), priors())
+    flex = plan_night(inputs(requests_left_today=None, max_cost_usd=10.0, probe_tier="flex", qa_mode="batch"),
+                      priors())
+    # (each request is rounded to a micro-dollar: the halves agree to a percent)
+    assert flex.cost_per_explained_usd == pytest.approx(standard.cost_per_explained_usd / 2, rel=0.01)
+    assert flex.qa_cost_per_explained_usd == pytest.approx(standard.qa_cost_per_explained_usd / 2, rel=0.01)
+    assert flex.caps["budget"] == pytest.approx(2 * standard.caps["budget"], rel=0.01)
+
+
+def test_batch_qa_leaves_the_days_requests_to_the_probe_and_is_capped_by_enqueued_tokens():
+    online = plan_night(inputs(), priors())
+    batch = plan_night(inputs(qa_mode="batch", batch_enqueued_tokens=1_000_000), priors())
+    assert batch.qa_requests == math.ceil(batch.explain_budget * 0.1 * batch.qa_requests_per_explained)
+    assert batch.probe_requests + batch.qa_requests <= 10_000
+    per = batch.requests_per_explained + 0.1 * batch.qa_requests_per_explained
+    assert batch.caps["daily_quota"] == math.floor(10_000 * 0.98 / per)
+    assert batch.explain_budget > online.explain_budget  # the day's requests all go to explanations
+    qa = batch.priors.tokens["qa"]
+    assert batch.qa_failures == math.floor(1_000_000 / (qa.prompt + qa.output))
+    assert online.qa_failures == math.floor(online.qa_requests / online.requests_per_qa_failure)
+
+
+def test_a_slow_tier_leaves_its_latency_to_the_last_answers():
+    fast = plan_night(inputs(rows=20_000, requests_left_today=None, teacher_rpm=60), priors())
+    slow = plan_night(inputs(rows=20_000, requests_left_today=None, teacher_rpm=60, tail_latency_s=600), priors())
+    assert slow.caps["time"] < fast.caps["time"]

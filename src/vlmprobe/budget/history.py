@@ -29,40 +29,45 @@ DEFAULT_VERIFIED_RATE = 1.0  # QA's reservation assumes every factor is verified
 _QUESTION = "What is the color of the object on the left side of the picture?"  # a typical VQA question
 
 
-def image_tokens_at(max_side: int) -> int:
-    """Input tokens of a 4:3 image after downscaling to ``max_side`` (768 when sizes are kept)."""
+def image_tokens_at(max_side: int, model: str = "", resolution: str | None = None) -> int:
+    """Input tokens of a 4:3 image after downscaling to ``max_side`` (768 when sizes are kept), at
+    ``resolution`` (media_resolution: a fixed count per image on most models, else by tiles)."""
     from vlmprobe.teacher.imageprep import image_tokens
 
     side = max_side if max_side > 0 else 768
-    return image_tokens(side, max(1, side * 3 // 4))
+    return image_tokens(side, max(1, side * 3 // 4), model, resolution)
 
 
-def default_tokens(template_version: str, image_max_side: int, thinking_budget: int) -> dict[str, Tokens]:
-    """Tokens per request kind from the real prompts with a typical question, and the image's tiles."""
+def default_tokens(template_version: str, image_max_side: int, thinking_budget: int, model: str = "",
+                   resolutions: dict[str, str] | None = None) -> dict[str, Tokens]:
+    """Tokens per request kind from the real prompts with a typical question, and the image at each
+    kind's media_resolution (``resolutions``; None: by tiles)."""
     from vlmprobe.teacher.imageprep import text_tokens
     from vlmprobe.teacher.prompts import factor_prompt, qa_prompt, verify_prompt
     from vlmprobe.teacher.templates import load_templates
 
     templates = load_templates(template_version)
-    image = image_tokens_at(image_max_side)
+    resolutions = resolutions or {}
     thinking = max(thinking_budget, 0)
     texts = {
         "factor": factor_prompt(templates, _QUESTION, "red", "blue", ["red", "blue", "green"]),
         "verify": verify_prompt(_QUESTION, "red", "blue", "color", "The object on the left is dark red."),
         "qa": qa_prompt(_QUESTION, "red", "blue", "color:dark_red", "The object on the left is dark red."),
     }
-    return {kind: Tokens(prompt=image + text_tokens(text), output=DEFAULT_OUTPUT_TOKENS[kind] + thinking)
+    return {kind: Tokens(prompt=image_tokens_at(image_max_side, model, resolutions.get(kind)) + text_tokens(text),
+                         output=DEFAULT_OUTPUT_TOKENS[kind] + thinking)
             for kind, text in texts.items()}
 
 
 def default_priors(*, expected_error_rate: float, images_per_s: float, template_version: str,
-                   image_max_side: int, thinking_budget: int) -> Priors:
+                   image_max_side: int, thinking_budget: int, model: str = "",
+                   resolutions: dict[str, str] | None = None) -> Priors:
     return Priors(
         error_rate=expected_error_rate,
         verified_rate=DEFAULT_VERIFIED_RATE,
         retry_overhead=DEFAULT_RETRY_OVERHEAD,
         images_per_s=images_per_s,
-        tokens=default_tokens(template_version, image_max_side, thinking_budget),
+        tokens=default_tokens(template_version, image_max_side, thinking_budget, model, resolutions),
         source="defaults",
     )
 

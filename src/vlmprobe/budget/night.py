@@ -17,7 +17,7 @@ import re
 from typing import Any
 
 from vlmprobe.budget.history import default_priors, measured_priors
-from vlmprobe.budget.plan import NightPlan, PlanInputs, Priors, plan_night
+from vlmprobe.budget.plan import TAIL_LATENCY_S, NightPlan, PlanInputs, Priors, plan_night
 
 log = logging.getLogger("vlmprobe.budget")
 
@@ -63,9 +63,12 @@ def last_night(output_uri: str, run_date: str, target_model: str) -> tuple[str, 
 
 def priors_for(cfg: Any) -> Priors:
     """The defaults from ``cfg``, replaced by what the last completed night measured."""
+    from vlmprobe.teacher.factory import media_resolutions
+
     defaults = default_priors(expected_error_rate=cfg.expected_error_rate, images_per_s=cfg.target_images_per_s,
                               template_version=cfg.template_version, image_max_side=cfg.teacher_image_max_side,
-                              thinking_budget=cfg.thinking_budget)
+                              thinking_budget=cfg.thinking_budget, model=cfg.gemini_model,
+                              resolutions=media_resolutions(cfg))
     found = last_night(cfg.output_uri, cfg.run_date, cfg.target_model)
     return defaults if found is None else measured_priors(defaults, found[1], found[0])
 
@@ -90,9 +93,15 @@ def plan_the_night(cfg: Any, rows: int, ranks: int) -> NightPlan:
                 f"the Gemini project {cfg.teacher_project!r} has no requests left today: {ledger.total} sent and "
                 f"{cfg.teacher_rpd - ledger.total - left} held by other runs, of teacher_rpd={cfg.teacher_rpd}; "
                 f"it resets at {resets.isoformat()} (rerun then)", resets_at=resets)
+    from vlmprobe.teacher.retry import tier_timing
+
+    tier = cfg.teacher_service_tier
     inputs = PlanInputs(rows=rows, ranks=ranks, gemini_model=cfg.gemini_model, requests_left_today=left,
                         teacher_rpm=cfg.teacher_rpm, teacher_tpm=cfg.teacher_tpm, max_cost_usd=cfg.max_cost_usd,
-                        probe_wall_factor=cfg.probe_wall_factor, probe_min_tail_s=cfg.probe_min_tail_s)
+                        probe_wall_factor=cfg.probe_wall_factor, probe_min_tail_s=cfg.probe_min_tail_s,
+                        probe_tier=tier, qa_tier=tier, qa_mode=cfg.qa_mode,
+                        batch_enqueued_tokens=cfg.teacher_batch_enqueued_tokens,
+                        tail_latency_s=max(TAIL_LATENCY_S, 2 * tier_timing(tier).expected_latency_s))
     plan = plan_night(inputs, priors).model_copy(update={"day": day})
     if cfg.teacher_rpd:
         write_hold(folder, day, cfg.run_date, plan.probe_requests, plan.qa_requests)

@@ -27,6 +27,14 @@ explanations run while the target works, so the pod holds its GPUs for little mo
 
 The plan reserves ``probe_requests`` and ``qa_requests`` of today's quota in the project's ledger
 (released when each step ends), so a second run date the same day plans with what is left.
+
+Tiers and modes: each request is priced at its tier (``probe_tier``, ``qa_tier``; flex and batch
+at half of standard, :mod:`vlmprobe.teacher.pricing`); the probe's last answers take the tier's
+latency (``tail_latency_s``: seconds at standard, minutes at flex), which the time cap leaves for
+them. In batch mode QA's requests draw on the Batch API's own quota (enqueued tokens), not on the
+day's requests: QA keeps only a tenth of its online share of the day (``BATCH_ONLINE_SHARE``, for
+what its jobs hand back to go online), and the sample is capped at what ``batch_enqueued_tokens``
+holds (``qa_batch_failures``).
 Pure arithmetic: no I/O, no clock.
 """
 
@@ -45,6 +53,7 @@ REQUEST_KINDS = ("factor", "verify", "qa")
 
 DAILY_HEADROOM = 0.02  # of the requests left today: a request counted late, a retry more than expected
 TAIL_LATENCY_S = 10.0  # the last explanations' answers arrive this long after they are sent, at most
+BATCH_ONLINE_SHARE = 0.1  # batch mode: QA requests of the day kept for what the jobs hand back to go online
 
 
 class Tokens(BaseModel):
@@ -86,6 +95,14 @@ class PlanInputs(BaseModel):
     max_cost_usd: float = Field(0.0, ge=0, description="0: no cap.")
     probe_wall_factor: float = Field(ge=1)
     probe_min_tail_s: float = Field(ge=0)
+    # the teacher's tiers and modes (README "Teacher tiers and modes"): what each request costs and
+    # which quota it draws on
+    probe_tier: str = Field("standard", description="Tier of the probe's online requests (standard, flex, priority).")
+    qa_mode: Literal["online", "batch"] = "online"
+    qa_tier: str = Field("standard", description="Tier of QA's online requests.")
+    batch_enqueued_tokens: int = Field(0, ge=0, description="The Batch API's enqueued-token quota (0: no limit).")
+    tail_latency_s: float = Field(TAIL_LATENCY_S, ge=0, description="How long the probe's last answers take "
+                                  "(the tier's latency: seconds at standard, minutes at flex).")
 
 
 class NightPlan(BaseModel):
@@ -112,6 +129,8 @@ class NightPlan(BaseModel):
     qa_requests: int | None = Field(description="Requests reserved for QA; None: no cap.")
     limited_by: Limit
     day: str | None = Field(None, description="The Pacific day whose quota the reservations hold.")
+    qa_batch_failures: int | None = Field(None, description="In batch mode: failures one night's QA jobs may "
+                                          "hold within the enqueued-token quota (None: online, or no limit).")
 
     @property
     def qa_cost_reserved_usd(self) -> float:
@@ -122,7 +141,10 @@ class NightPlan(BaseModel):
 
     @property
     def qa_failures(self) -> int | None:
-        """Sampled failures QA's reservation pays for (None: no cap)."""
+        """Sampled failures QA's reservation pays for (None: no cap): online, its requests of the day;
+        in batch mode, the jobs' enqueued tokens (the day's requests are not theirs)."""
+        if self.inputs.qa_mode == "batch":
+            return self.qa_batch_failures
         if self.qa_requests is None:
             return None
         return math.floor(self.qa_requests / self.requests_per_qa_failure)
@@ -150,6 +172,8 @@ class NightPlan(BaseModel):
             f"  per explained        {self.requests_per_explained:.2f} probe + {self.qa_requests_per_explained:.2f} "
             f"QA requests, {money(self.cost_per_explained_usd)} + {money(self.qa_cost_per_explained_usd)} "
             f"({i.gemini_model})",
+            f"  teacher              probe at {i.probe_tier}; QA {'in batch mode' if i.qa_mode == 'batch' else 'at ' + i.qa_tier}"
+            f"; answers in ~{i.tail_latency_s:g} s",
             f"  requests left today  {left} (teacher_rpm {i.teacher_rpm or 'no limit'}, "
             f"teacher_tpm {i.teacher_tpm or 'no limit'}, max_cost_usd {i.max_cost_usd or 'no cap'})",
             f"  caps                 daily_quota {cap(self.caps['daily_quota'])}; time {cap(self.caps['time'])}; "
@@ -162,8 +186,8 @@ class NightPlan(BaseModel):
         return "\n".join(lines)
 
 
-def _cost(model: str, tokens: Tokens, requests: float) -> float | None:
-    one = estimate_cost(model, tokens.prompt, tokens.output)
+def _cost(model: str, tokens: Tokens, requests: float, tier: str = "standard") -> float | None:
+    one = estimate_cost(model, tokens.prompt, tokens.output, tier=tier)
     return None if one is None else one * requests
 
 
@@ -172,6 +196,10 @@ def plan_night(inputs: PlanInputs, priors: Priors) -> NightPlan:
     overhead = 1.0 + priors.retry_overhead
     probe_per = 2 * overhead
     qa_per = priors.verified_rate * overhead
+    batch = inputs.qa_mode == "batch"
+    # batch QA draws on the Batch API's own quota, not the day's requests (README "Teacher tiers and
+    # modes"); it keeps a tenth of its share of the day for what its jobs hand back to go online
+    qa_daily = BATCH_ONLINE_SHARE * qa_per if batch else qa_per
     expected_wrong = math.ceil(inputs.rows * priors.error_rate)
     target_pass_s = inputs.rows / (inputs.ranks * priors.images_per_s)
     window_s = max(inputs.probe_wall_factor * target_pass_s, target_pass_s + inputs.probe_min_tail_s)
@@ -179,14 +207,14 @@ def plan_night(inputs: PlanInputs, priors: Priors) -> NightPlan:
     caps: dict[str, int | None] = {name: None for name in LIMITS}
     if inputs.requests_left_today is not None:
         usable = max(inputs.requests_left_today, 0) * (1 - DAILY_HEADROOM)
-        caps["daily_quota"] = math.floor(usable / (probe_per + qa_per))
+        caps["daily_quota"] = math.floor(usable / (probe_per + qa_daily))
     per_minute = _probe_requests_per_minute(inputs, priors)
     if per_minute is not None:
-        caps["time"] = math.floor(per_minute / 60 * max(window_s - TAIL_LATENCY_S, 0) / probe_per)
+        caps["time"] = math.floor(per_minute / 60 * max(window_s - inputs.tail_latency_s, 0) / probe_per)
     tok = priors.tokens
-    factor_cost = _cost(inputs.gemini_model, tok["factor"], overhead)
-    verify_cost = _cost(inputs.gemini_model, tok["verify"], overhead)
-    qa_cost = _cost(inputs.gemini_model, tok["qa"], qa_per)
+    factor_cost = _cost(inputs.gemini_model, tok["factor"], overhead, inputs.probe_tier)
+    verify_cost = _cost(inputs.gemini_model, tok["verify"], overhead, inputs.probe_tier)
+    qa_cost = _cost(inputs.gemini_model, tok["qa"], qa_per, "batch" if batch else inputs.qa_tier)
     probe_cost = None if factor_cost is None or verify_cost is None else factor_cost + verify_cost
     if inputs.max_cost_usd and probe_cost is not None and qa_cost is not None:
         caps["budget"] = math.floor(inputs.max_cost_usd / (probe_cost + qa_cost))
@@ -203,8 +231,12 @@ def plan_night(inputs: PlanInputs, priors: Priors) -> NightPlan:
     # wronger than expected may still use what it can pay for; unused requests are released.
     probe_requests = qa_requests = None
     if inputs.requests_left_today is not None and budget is not None:
-        qa_requests = math.ceil(budget * qa_per)
+        qa_requests = math.ceil(budget * qa_daily)
         probe_requests = max(min(math.ceil(budget * probe_per), inputs.requests_left_today - qa_requests), 0)
+    qa_batch_failures = None
+    if batch and inputs.batch_enqueued_tokens:
+        per_failure = tok["qa"].prompt + tok["qa"].output
+        qa_batch_failures = math.floor(inputs.batch_enqueued_tokens / max(per_failure, 1))
     return NightPlan(
         inputs=inputs, priors=priors, expected_wrong=expected_wrong, target_pass_s=round(target_pass_s, 3),
         teacher_window_s=round(window_s, 3), requests_per_explained=round(probe_per, 4),
@@ -213,6 +245,7 @@ def plan_night(inputs: PlanInputs, priors: Priors) -> NightPlan:
         qa_cost_per_explained_usd=None if qa_cost is None else round(qa_cost, 8),
         caps=caps, explain_budget=budget, explain_fraction=round(fraction, 6), thresholds=thresholds,
         probe_requests=probe_requests, qa_requests=qa_requests, limited_by=limited_by,
+        qa_batch_failures=qa_batch_failures,
     )
 
 
