@@ -1,9 +1,11 @@
-"""One teacher quota for the whole run, shared by every process that calls Gemini.
+"""One teacher quota shared by every process that calls Gemini: the run's, and the project's.
 
 Gemini's limits belong to the Google Cloud project: requests per minute (RPM), input tokens per
 minute (TPM) and requests per day (RPD, reset at midnight Pacific time). Every probe rank and
-every QA shard pod calls Gemini, on whatever machines they run, and all they share is the run's
-output folder. So each process announces itself there and takes an equal share.
+every QA shard pod calls Gemini, on whatever machines they run, and all they share is the
+output folder. So each process announces itself there and takes an equal share. Below, the
+folder is the run's ``_teacher`` (a bare RunQuota); the steps run with the project's scope (the
+end of this docstring), where the same files live once per Gemini project.
 
 **Leases.** Each process writes ``{output_uri}/{run_date}/_teacher/leases/{process}.json`` when it
 opens its teacher and rewrites it every ``heartbeat_s`` (5 s; every 0.5 s during its first 5 s,
@@ -50,10 +52,19 @@ ended, waiting in the worker thread if needed (never on the event loop). Each ob
 by its own process only, so the store sees at most one write per second per object. (Every
 write goes to a new temporary object first, moved into place: see :mod:`vlmprobe.io.fs`.)
 
-Limits: shares are per run (per ``{run_date}`` folder). Runs of other dates that overlap (a
-backfill with several active runs) or other users of the same Google Cloud project do not see
-these files: lower ``teacher_rpm`` accordingly; the 429 handling absorbs the rest. With no
-folder (a bare Teacher in a test or a notebook) the process is alone with the whole quota.
+**The project's scope** (:class:`ProjectScope`, what the steps use: :func:`vlmprobe.teacher.factory.make_teacher`).
+Gemini counts per Google Cloud project, not per run, so with a scope the leases live in the
+project's folder, ``{output_uri}/_teacher/projects/{teacher_project}/leases/{run_date}.{process}.json``
+(every run's processes share the per-minute quota: overlapping backfills included), and the day's
+requests are counted in the project's day folder (:mod:`vlmprobe.teacher.daily`), where the
+night's plan holds each step's reservation: a process draws first on its step's, and never sends
+more than the step's cap (``step_cap``: ``QuotaExhausted`` once the step has used it). The run's
+own ledgers (``{output_uri}/{run_date}/_teacher/ledgers/``) keep its spend and usage.
+
+Without a scope (a bare RunQuota, the tests of this module) shares and the day's count are per
+run folder, as described above. Other users of the same Google Cloud project do not see these
+files: lower the limits by what they use; the 429 handling absorbs the rest. With no folder (a
+bare Teacher in a test or a notebook) the process is alone with the whole quota.
 """
 
 from __future__ import annotations
