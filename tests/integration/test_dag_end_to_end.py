@@ -72,7 +72,8 @@ def test_a_typo_in_the_conf_is_refused_before_the_probe_starts(airflow_env, tmp_
 
 def test_missing_input_fails_the_probe_without_retry_or_pod(airflow_env, tmp_path):
     missing = tmp_path / "vqa" / "{run_date}"
-    proc, logs = _dags_test(airflow_env, {"input_uri": str(missing), "output_uri": str(tmp_path / "out")})
+    proc, logs = _dags_test(airflow_env, {"input_uri": str(missing), "output_uri": str(tmp_path / "out"),
+                                          "target_model": str(tmp_path / "model")})  # local: no revision to pin
     assert proc.returncode != 0
     assert f"preflight for run date {RUN_DATE}: input {tmp_path}/vqa/{RUN_DATE} " in logs
     assert not _lines_with(logs, "local pod mode:")  # no pod command started

@@ -54,7 +54,7 @@ def test_two_ranks_probe_every_row_once(tmp_path, demo_parquet, tiny_llava, gemi
     c = success["counts"]
     rows_in = sum(pq.ParquetFile(f).metadata.num_rows for f in list_files(demo_parquet, ".parquet"))
     assert c["rows"] == rows_in == 48 == success["input"]["rows_read"]
-    assert c["rows"] == c["passed"] + c["verified"] + c["rejected"] + c["errors"]
+    assert c["rows"] == c["passed"] + c["verified"] + c["rejected"] + c["unexplained"] + c["errors"]
     assert success["world_size"] == 2 and len(success["ranks"]) == 2
     # the plan split the rows, not the files: each rank about half
     assert sorted(r["input"]["rows_read"] for r in success["ranks"]) == [24, 24]
@@ -82,7 +82,8 @@ def test_two_ranks_probe_every_row_once(tmp_path, demo_parquet, tiny_llava, gemi
     # a forced rerun with one rank replaces the outputs: no stale rank-00001 mixes in
     proc = _torchrun(1, tmp_path, demo_parquet, tiny_llava, gemini_sim, 4, "--force", "true")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(p.name for p in (root / "probe").iterdir()) == ["_SUCCESS.json", "rank-00000.jsonl"]
+    assert sorted(p.name for p in (root / "probe").iterdir()) == ["_SUCCESS.json", "rank-00000.jsonl",
+                                                                  "wrong-rank-00000.jsonl"]
     assert read_json(str(root / "probe" / "_SUCCESS.json"))["counts"]["rows"] == 48
 
 
@@ -132,7 +133,7 @@ def test_ranks_finishing_far_apart_outlast_a_shorter_process_group_timeout(tmp_p
     assert r0["finished_at"] - r1["finished_at"] > pg_timeout_s
     for r in (r0, r1):
         c = r["counts"]
-        assert c["rows"] == c["passed"] + c["verified"] + c["rejected"] + c["errors"]
+        assert c["rows"] == c["passed"] + c["verified"] + c["rejected"] + c["unexplained"] + c["errors"]
         assert Path(r["failures_uri"]).exists() and Path(r["errors_uri"]).exists()
     assert success["counts"]["rows"] == 88
 

@@ -56,7 +56,8 @@ def test_a_403_in_the_preflight_fails_the_task_once_naming_the_uri_and_identity(
     marker = tmp_path / "pod-ran"
     op = GpuPodOperator(task_id="probe_403", settings=DeploymentSettings(pod_mode="local"), cmds=[sys.executable],
                         arguments=["-c", f"open({str(marker)!r}, 'w')"], preflight=preflight, retries=3)
-    conf = {"input_uri": f"s3://{BUCKET}/vqa/{{run_date}}", "output_uri": f"s3://{BUCKET}/out"}
+    conf = {"input_uri": f"s3://{BUCKET}/vqa/{{run_date}}", "output_uri": f"s3://{BUCKET}/out",
+            "target_model": "/models/tiny-llava"}  # a local folder: no revision to pin
     ctx = offline_context(dag, op, RUN, conf)
     op.render_template_fields(ctx)
     before = log.read_text().count('" 403 -')
