@@ -8,7 +8,6 @@ AccessDenied, as a bucket answers a pod whose Workload Identity or IRSA binding 
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pendulum

@@ -157,7 +157,7 @@ FILE_NAMES = ("_SUCCESS.json", "shards.json", ".stats.json", "manifest.json", "m
 PARSERS_AND_WRITERS = {"read_json", "read_bytes", "read_text", "loads", "load", "open", "open_input_stream",
                        "write_json", "atomic_write", "iter_lines"}
 # where the files are defined: the contracts, and the layout that names their paths
-ALLOWED = {REPO / "src" / "vlmprobe" / "contracts.py", REPO / "src" / "vlmprobe" / "io" / "layout.py"}
+ALLOWED = {*(REPO / "src" / "vlmprobe" / "contracts").glob("*.py"), REPO / "src" / "vlmprobe" / "io" / "layout.py"}
 
 
 def _docstrings(tree: ast.AST) -> set[int]:

@@ -13,7 +13,7 @@ import pytest
 from fakes import RUN_DATE, fake_probe
 from vlmprobe.config import PublishConfig, QAConfig, SampleConfig
 from vlmprobe.contracts import Manifest, QAShardStats
-from vlmprobe.io import iter_jsonl, read_json
+from vlmprobe.io import iter_jsonl
 from vlmprobe.publish.run import publish
 from vlmprobe.qa.dataset import FEATURES, SCHEMA, item_row, write_shard_parquet
 from vlmprobe.qa.run import run_shard

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from vlmprobe.config import ProbeConfig, QAConfig, SampleConfig
-from vlmprobe.errors import QuotaExhausted, TeacherUnusable
+from vlmprobe.errors import TeacherUnusable
 from vlmprobe.io import iter_jsonl, read_json
 from vlmprobe.qa.run import run_shard
 from vlmprobe.sample.run import sample_keys
