@@ -63,18 +63,13 @@ from vlmprobe.teacher.answers import RejectedOutput, parsed_or_reject
 from vlmprobe.teacher.flow import AdaptiveConcurrency
 from vlmprobe.teacher.quota import ProjectScope, QuotaLimits, RunQuota
 from vlmprobe.teacher.request import (
-    DEFAULT_MAX_OUTPUT_TOKENS, contents_of, generation_config, http_options, thinking_budget_for,
+    DEFAULT_MAX_OUTPUT_TOKENS, close_client, contents_of, generation_config, open_client, thinking_budget_for,
 )
 from vlmprobe.teacher.results import Schema, TeacherError, TeacherResult, one_line, redact
 from vlmprobe.teacher.retry import (
     CircuitBreaker, RequestRetries, RetryPolicy, classify, daily_quota_error, tier_timing, unusable_error,
 )
 from vlmprobe.teacher.usage import Ledger, Usage, served_tier, usage_of
-
-try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
-    import aiohttp
-except ImportError:  # pragma: no cover - depends on the image
-    aiohttp = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -202,14 +197,8 @@ class Teacher:
     async def __aenter__(self) -> Teacher:
         if self._client is not None:
             raise RuntimeError("This Teacher is already open; make one per process and reuse it.")
-        if aiohttp is not None:
-            # Our own session: a pool sized to the concurrency, closed by us; the SDK's own
-            # subclasses aiohttp.ClientSession, which aiohttp >= 3.14 deprecates with a warning.
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency or self.timing.max_concurrency), trust_env=True
-            )
-        self._client = genai.Client(api_key=self._api_key, vertexai=False,
-                                    http_options=http_options(self.base_url, self.timeout_s, self._session))
+        self._client, self._session = open_client(self._api_key, self.base_url, self.timeout_s,
+                                                  self.concurrency or self.timing.max_concurrency)
         self._start_lock = asyncio.Lock()
         self._stop_event = asyncio.Event()
         try:
@@ -229,11 +218,7 @@ class Teacher:
     async def _close_client(self) -> None:
         client, self._client = self._client, None
         session, self._session = self._session, None
-        if client is not None:
-            await client.aio.aclose()
-            client.close()
-        if session is not None:
-            await session.close()
+        await close_client(client, session)
 
     @property
     def genai_client(self) -> genai.Client:

@@ -32,6 +32,11 @@ from typing import Any
 from google.genai import types
 from pydantic import BaseModel
 
+try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
+    import aiohttp
+except ImportError:  # pragma: no cover - the probe/qa extras install google-genai[aiohttp]
+    aiohttp = None  # type: ignore[assignment]
+
 from vlmprobe.teacher.answers import response_schema
 from vlmprobe.teacher.imageprep import image_tokens, prepare_image, text_tokens
 
@@ -177,3 +182,27 @@ def request_sha256(body: dict[str, Any]) -> str:
     """SHA-256 of ``body``'s canonical JSON (sorted keys, no spaces): the same digest the simulator
     logs for a request."""
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def open_client(api_key: str, base_url: str | None, timeout_s: float, pool: int) -> tuple[Any, Any]:
+    """(a google-genai client, its aiohttp session or None): one per process, closed by :func:`close_client`.
+
+    Our own session, with a pool of ``pool`` connections and closed by us: the SDK's own subclasses
+    aiohttp.ClientSession, which aiohttp >= 3.14 deprecates with a warning.
+    """
+    from google import genai
+
+    session = None
+    if aiohttp is not None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=pool), trust_env=True)
+    client = genai.Client(api_key=api_key, vertexai=False, http_options=http_options(base_url, timeout_s, session))
+    return client, session
+
+
+async def close_client(client: Any, session: Any) -> None:
+    """Close what :func:`open_client` opened (either may be None)."""
+    if client is not None:
+        await client.aio.aclose()
+        client.close()
+    if session is not None:
+        await session.close()

@@ -27,17 +27,12 @@ from vlmprobe.teacher.batch.results import (
     job_summary, matched_line, response_of, state_of,
 )
 from vlmprobe.teacher.request import (
-    DEFAULT_MAX_OUTPUT_TOKENS, contents_of, generation_config, http_options, request_body, request_sha256,
+    DEFAULT_MAX_OUTPUT_TOKENS, close_client, contents_of, generation_config, open_client, request_body, request_sha256,
     thinking_budget_for,
 )
 from vlmprobe.teacher.results import one_line, redact
 from vlmprobe.teacher.retry import RETRYABLE_STATUS, RetryPolicy, classify, unusable_error
 from vlmprobe.teacher.usage import Ledger, Usage, usage_of
-
-try:  # google-genai uses aiohttp as its transport when it is installed, else httpx
-    import aiohttp
-except ImportError:  # pragma: no cover - depends on the image
-    aiohttp = None  # type: ignore[assignment]
 
 logger = logging.getLogger("vlmprobe.teacher.batch")
 
@@ -119,21 +114,14 @@ class BatchClient:
         if self._shared is None:
             if self._client is not None:
                 raise RuntimeError("This BatchClient is already open.")
-            if aiohttp is not None:  # our own session, as the Teacher does (see Teacher.__aenter__)
-                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=8), trust_env=True)
-            self._client = genai.Client(api_key=self._api_key, vertexai=False,
-                                        http_options=http_options(self.base_url, self.timeout_s, self._session))
+            self._client, self._session = open_client(self._api_key, self.base_url, self.timeout_s, 8)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._shared is None:
             client, self._client = self._client, None
             session, self._session = self._session, None
-            if client is not None:
-                await client.aio.aclose()
-                client.close()
-            if session is not None:
-                await session.close()
+            await close_client(client, session)
 
     @property
     def _aio(self) -> Any:
