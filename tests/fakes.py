@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from vlmprobe.contracts import (InputAccounting, PipelineSummary, ProbeCounts, ProbeRankStats, ProbeSuccess, QACounts,
@@ -108,3 +110,43 @@ def crash_qa_shard_on(monkeypatch, n: int):
 
     monkeypatch.setattr(qa_items.ShardQA, "handle", handle)
     return lambda: monkeypatch.setattr(qa_items.ShardQA, "handle", real)
+
+
+@contextlib.contextmanager
+def chat_server(answer: Callable[[str], str]) -> Iterator[tuple[str, list[tuple[str, str | None, dict]]]]:
+    """A tiny OpenAI-compatible server on loopback (``/v1/chat/completions``; anything else 404):
+    each request's first text part goes to ``answer``, whose return is the reply. Yields (its
+    base URL, the requests as (path, Authorization header, body))."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    requests: list[tuple[str, str | None, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append((self.path, self.headers.get("Authorization"), body))
+            if self.path != "/v1/chat/completions":
+                self.send_error(404)
+                return
+            text = next(part["text"] for part in body["messages"][0]["content"] if part["type"] == "text")
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer(text)}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -4,8 +4,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -13,6 +11,7 @@ from PIL import Image
 
 from vlmprobe.demo.data import draw_scene, iter_demo_examples
 from vlmprobe.vlm import TargetLoadError, build_prompt_text, load_target
+from fakes import chat_server as fake_chat_server
 
 QUESTIONS = [
     "What color is the circle?",
@@ -119,40 +118,11 @@ def test_importing_target_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-class _ChatHandler(BaseHTTPRequestHandler):
-    """Answers each chat completion with its question's first line, padded with spaces."""
-
-    requests: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.requests.append((self.path, self.headers.get("Authorization"), body))
-        if self.path != "/v1/chat/completions":
-            self.send_error(404)
-            return
-        text = next(part["text"] for part in body["messages"][0]["content"] if part["type"] == "text")
-        reply = {"choices": [{"message": {"role": "assistant", "content": f"  {text.splitlines()[0]} "}}]}
-        payload = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def chat_server():
-    _ChatHandler.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _ChatHandler.requests
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    # answers each chat completion with its question's first line, padded with spaces
+    with fake_chat_server(lambda text: f"  {text.splitlines()[0]} ") as served:
+        yield served
 
 
 def test_openai_compatible_target(chat_server, images, monkeypatch):

@@ -4,8 +4,6 @@ refusing counts that do not add up, an oversized sample record."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,42 +13,21 @@ from vlmprobe.io import JsonlWriter, exists, iter_jsonl, read_json
 from vlmprobe.publish.run import publish
 from vlmprobe.sample.run import sample_keys
 from fakes import RUN_DATE, fake_probe, fake_qa_stats, fake_success
+from fakes import chat_server as fake_chat_server
 
 
 # -- an OpenAI-compatible target (e.g. vllm serve) through the probe ---------------------------------
 
-class _Chat(BaseHTTPRequestHandler):
-    """A tiny OpenAI-compatible server: picks the last option when the prompt lists some, else answers "2"."""
-
-    bodies: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.bodies.append(body)
-        text = next(p["text"] for p in body["messages"][0]["content"] if p["type"] == "text")
-        options = next((line for line in text.splitlines() if line.startswith("Options: ")), None)
-        answer = options.removeprefix("Options: ").rstrip(".").split(", ")[-1] if options else "2"
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+def _pick_last_option(text: str) -> str:
+    """The fake server's answer: the last option when the prompt lists some, else "2"."""
+    options = next((line for line in text.splitlines() if line.startswith("Options: ")), None)
+    return options.removeprefix("Options: ").rstrip(".").split(", ")[-1] if options else "2"
 
 
 @pytest.fixture
 def chat_server():
-    _Chat.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Chat)
-    thread = threading.Thread(target=server.serve_forever)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with fake_chat_server(_pick_last_option) as served:
+        yield served
 
 
 def test_the_probe_with_an_openai_compatible_target(tmp_path, demo_parquet, chat_server, gemini_sim, monkeypatch):
@@ -58,15 +35,17 @@ def test_the_probe_with_an_openai_compatible_target(tmp_path, demo_parquet, chat
 
     for var in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    spec = f"openai:{chat_server}#llava-served"
+    base_url, requests = chat_server
+    spec = f"openai:{base_url}#llava-served"
     cfg = ProbeConfig(input_uri=demo_parquet, output_uri=str(tmp_path), run_date=RUN_DATE, target_model=spec,
                       failure_batch_size=8, concurrency=4, max_new_tokens=5)
     success = read_json(main(cfg)["success_uri"])
     c = success["counts"]
     assert c["rows"] == 48 == c["passed"] + c["verified"] + c["rejected"] + c["errors"]
     # every readable row went to the server once (the demo's two bad rows never do), greedily, as asked
-    assert len(_Chat.bodies) == 46 and "target_error" not in success["error_reasons"]
-    assert all(b["model"] == "llava-served" and b["max_tokens"] == 5 and b["temperature"] == 0 for b in _Chat.bodies)
+    bodies = [body for _, _, body in requests]
+    assert len(bodies) == 46 and "target_error" not in success["error_reasons"]
+    assert all(b["model"] == "llava-served" and b["max_tokens"] == 5 and b["temperature"] == 0 for b in bodies)
     assert 0 < c["passed"] < 46 and c["wrong"] > 0  # "2" and the last option are right for some rows only
     failures = list(iter_jsonl(success["failure_files"][0]))
     assert len(failures) == c["verified"] > 0
