@@ -44,7 +44,7 @@ scan: $(STAMP) $(SCAN_STAMP)
 
 # The CPU benchmarks, each a ratio against a baseline run in the same process (minutes in all).
 # The GPU ones (bench/probe_gpu.sh, bench/target_load_memory.py) need CUDA.
-CPU_BENCHES := bench_dag_parse bench_target_batching bench_teacher probe_throughput sample_scale teacher_quota
+CPU_BENCHES := bench_dag_parse bench_target_batching bench_teacher probe_throughput sample_scale teacher_quota teacher_cost night
 bench: $(STAMP)
 	for b in $(CPU_BENCHES); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py || exit 1; done
 
