@@ -11,6 +11,10 @@ from vlmprobe.contracts import (InputAccounting, PipelineSummary, ProbeCounts, P
 from vlmprobe.io import JsonlWriter, RunLayout, list_files
 
 RUN_DATE = "2026-11-25"
+# The simulator answers in milliseconds: a probe against it plans with that (the param's default,
+# Gemini's ~5 s, would leave most wrong answers unexplained at a test's small concurrency).
+SIM_PLAN = {"teacher_latency_s": 0.05}
+SIM_PLAN_ARGS = ["--teacher-latency-s", "0.05"]
 
 
 def fake_pipeline(wall: float = 1.0, busy: float = 0.5, teacher_wait: float = 0.0, bound: str = "target",

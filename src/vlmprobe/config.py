@@ -108,6 +108,7 @@ class ProbeConfig(StepConfig, TeacherSettings, TargetPin):
     # the night's plan (vlmprobe.budget): priors until a night has measured them, the GPU time allowed
     expected_error_rate: float = param("expected_error_rate")
     target_images_per_s: float = param("target_images_per_s")
+    teacher_latency_s: float = param("teacher_latency_s")
     probe_wall_factor: float = param("probe_wall_factor")
     probe_min_tail_s: float = param("probe_min_tail_s")
     qa_mode: Literal["online", "batch"] = param("qa_mode")  # the plan prices QA by its mode

@@ -276,6 +276,16 @@ PARAM_SPECS.update({
         description="Rows the target answers per second per GPU, assumed by the night's plan until an "
                     "earlier night has measured it: it sizes the GPU pass and so the teacher's window.",
     ),
+    "teacher_latency_s": dict(
+        default=5.0,
+        type="number",
+        minimum=0.001,
+        maximum=3600,
+        section=TEACHER,
+        description="Seconds one Gemini answer takes, assumed by the night's plan until a night has measured it "
+                    "(with concurrency, it bounds how many explanations fit the teacher's window; at the flex "
+                    "tier the plan assumes at least the tier's minutes).",
+    ),
     "probe_wall_factor": dict(
         default=1.25,
         type="number",

@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO
 from vlmprobe.io import iter_jsonl, read_json
+from fakes import SIM_PLAN
 
 pytestmark = pytest.mark.slow
 LOGICAL_DATE = "2026-11-26T02:00:00+00:00"
@@ -118,7 +119,7 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
             "nproc_per_node": 2, "failure_batch_size": 6, "parquet_sample_size": 4, "samples_per_key": 2,
             "num_shards": 3, "concurrency": 4, "batch_size": 5, "error_output_format": "json",
-            "qa_target_check": "on", "max_new_tokens": 4}
+            "qa_target_check": "on", "max_new_tokens": 4, **SIM_PLAN}
     with GeminiSimulator(port=0, latency_ms=5, rate_429=0.05, rate_503=0.05, rate_malformed=0.05, seed=11) as sim:
         env = {**airflow_env, "GEMINI_API_KEY": "e2e-secret-value-1234", "VLMPROBE_GEMINI_BASE_URL": sim.base_url}
         proc, logs = _dags_test(env, conf)

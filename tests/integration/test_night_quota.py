@@ -16,6 +16,7 @@ import pytest
 
 from vlmprobe.contracts import Manifest, ProbeSuccess, ShardPlan
 from vlmprobe.io import RunLayout, iter_jsonl
+from fakes import SIM_PLAN_ARGS
 
 pytestmark = pytest.mark.slow
 VLMPROBE = str(Path(sys.executable).parent / "vlmprobe")
@@ -27,6 +28,7 @@ def _night(tmp_path: Path, parquet: str, model: str, sim, run_date: str) -> tupl
     env = {**os.environ, "GEMINI_API_KEY": "night-test-key", "GEMINI_BASE_URL": sim.base_url}
     common = ["--run-date", run_date, "--output-uri", str(tmp_path)]
     teacher = ["--teacher-rpd", str(RPD), "--concurrency", "4"]
+    plan = SIM_PLAN_ARGS  # the probe plans with the simulator's latency
     before = len(sim.request_log())
 
     def run(*args: str) -> int:
@@ -35,8 +37,8 @@ def _night(tmp_path: Path, parquet: str, model: str, sim, run_date: str) -> tupl
             print(done.stdout[-4000:], done.stderr[-4000:])
         return done.returncode
 
-    codes = [run("probe", "--nproc-per-node", "2", *common, *teacher, "--input-uri", parquet, "--target-model", model,
-                 "--failure-batch-size", "8")]
+    codes = [run("probe", "--nproc-per-node", "2", *common, *teacher, *plan, "--input-uri", parquet,
+                 "--target-model", model, "--failure-batch-size", "8")]
     codes.append(run("sample-keys", *common, "--samples-per-key", "4", "--num-shards", "2"))
     layout = RunLayout(str(tmp_path), run_date)
     shards = ShardPlan.read(layout.shard_plan).num_shards if Path(layout.shard_plan).exists() else 0

@@ -25,6 +25,7 @@ from pyarrow import fs as pafs
 from vlmprobe.io import Journal, JsonlWriter, RunLayout, iter_jsonl, list_files, read_json, write_json
 from vlmprobe.io.fs import atomic_write, exists, list_all, read_bytes, read_range, resolve, write_bytes
 from vlmprobe.io.jsonl import iter_lines
+from fakes import SIM_PLAN_ARGS
 
 pytestmark = pytest.mark.slow
 RUN_DATE = "2026-11-25"
@@ -188,7 +189,7 @@ def test_the_steps_run_against_the_store_through_the_cli(store, demo_parquet, ti
     out = f"{root}/output"
     common = ["--run-date", RUN_DATE, "--output-uri", out]
     probe = _cli(store, gemini_sim, "probe", *common, "--input-uri", f"{root}/input", "--target-model", tiny_llava,
-                 "--failure-batch-size", "8", "--concurrency", "4")
+                 "--failure-batch-size", "8", "--concurrency", "4", *SIM_PLAN_ARGS)
     assert probe.returncode == 0, probe.stderr[-3000:]
     lay = RunLayout(out, RUN_DATE)
     success = read_json(lay.probe_success)

@@ -19,6 +19,7 @@ import pytest
 
 from vlmprobe.io import RunLayout, iter_jsonl, list_files, read_json, write_json
 from vlmprobe.sim import GeminiSimulator
+from fakes import SIM_PLAN_ARGS
 
 pytestmark = pytest.mark.slow
 RUN_DATE = "2026-11-25"
@@ -30,7 +31,8 @@ def _torchrun(nproc: int, out: Path, parquet: str, model: str, sim, sample_size:
     cmd = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", "--no-python",
            str(BIN / "vlmprobe"), "probe", "--run-date", RUN_DATE, "--input-uri", parquet,
            "--output-uri", str(out), "--target-model", model, "--failure-batch-size", "5",
-           "--parquet-sample-size", str(sample_size), "--concurrency", "4", "--pg-timeout-s", "120", *extra]
+           "--parquet-sample-size", str(sample_size), "--concurrency", "4", "--pg-timeout-s", "120",
+           *SIM_PLAN_ARGS, *extra]
     env = {**os.environ, "GEMINI_API_KEY": "k", "GEMINI_BASE_URL": sim.base_url,
            "VLMPROBE_XCOM_FILE": str(out / "xcom.json")}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -38,7 +40,7 @@ def _torchrun(nproc: int, out: Path, parquet: str, model: str, sim, sample_size:
 
 def _probe_args(nproc: int, out: Path, parquet: str, model: str, *extra: str) -> list[str]:
     return [str(BIN / "vlmprobe"), "probe", "--nproc-per-node", str(nproc), "--run-date", RUN_DATE,
-            "--input-uri", parquet, "--output-uri", str(out), "--target-model", model, *extra]
+            "--input-uri", parquet, "--output-uri", str(out), "--target-model", model, *SIM_PLAN_ARGS, *extra]
 
 
 def _env(sim) -> dict[str, str]:

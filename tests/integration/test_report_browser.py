@@ -22,6 +22,7 @@ import pytest
 from vlmprobe import cli
 from vlmprobe.config import ProbeConfig, PublishConfig, QAConfig, SampleConfig
 from vlmprobe.io import RunLayout, read_json
+from fakes import SIM_PLAN
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -61,7 +62,7 @@ def two_nights(tmp_path_factory, tiny_llava) -> str:
             data = str(root / f"input-seed{seed}")
             write_demo_parquet(data, n_files=4, rows_per_file=12, seed=seed)
             probe(ProbeConfig(input_uri=data, output_uri=out, run_date=run_date, target_model=tiny_llava,
-                              failure_batch_size=8, parquet_sample_size=100, concurrency=4))
+                              failure_batch_size=8, parquet_sample_size=100, concurrency=4, **SIM_PLAN))
             plan = sample_keys(SampleConfig(output_uri=out, run_date=run_date, samples_per_key=4, num_shards=2))
             for shard in plan["shards"]:
                 run_shard(QAConfig(output_uri=out, run_date=run_date, shard_index=shard["shard_index"], concurrency=4,

@@ -96,7 +96,7 @@ def test_params_are_typed_bounded_described(dag):
     expected |= {"min_per_key", "max_per_category"}  # data (issue 8)
     expected |= {"preset"}  # the seed's presets (issue 17)
     expected |= {"teacher_project", "expected_error_rate", "target_images_per_s", "probe_wall_factor",
-                 "probe_min_tail_s"}  # the night's plan
+                 "probe_min_tail_s", "teacher_latency_s", "teacher_batch_enqueued_tokens"}  # the night's plan
     expected |= {"target_revision", "force"}  # the target's pinned commit, rerunning a finished probe (issue 15)
     expected |= {"teacher_service_tier", "qa_mode", "batch_deadline_h", "batch_poll_s",  # tiers (issue 16)
                  "teacher_media_resolution_factor", "teacher_media_resolution_verify", "teacher_media_resolution_qa"}

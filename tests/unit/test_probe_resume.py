@@ -16,6 +16,7 @@ from vlmprobe.io.parquet import Row, WorkUnit
 from vlmprobe.probe.resume import ProbeJournal, RowRanges, fingerprint_settings, keep_or_discard
 from vlmprobe.probe.run import main
 from vlmprobe.sim import GeminiSimulator
+from fakes import SIM_PLAN
 
 RUN_DATE = "2026-11-25"
 CONCURRENCY = 3
@@ -29,7 +30,7 @@ def one_process(monkeypatch):
 
 
 def _cfg(demo_parquet, out, model, **kw) -> ProbeConfig:
-    kw = {"failure_batch_size": 8, "concurrency": CONCURRENCY, **kw}
+    kw = {"failure_batch_size": 8, "concurrency": CONCURRENCY, **SIM_PLAN, **kw}
     return ProbeConfig(input_uri=demo_parquet, output_uri=str(out), run_date=RUN_DATE, target_model=model, **kw)
 
 

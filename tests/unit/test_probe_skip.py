@@ -12,6 +12,7 @@ import pytest
 from vlmprobe.config import ProbeConfig
 from vlmprobe.io import RunLayout
 from vlmprobe.probe.run import main
+from fakes import SIM_PLAN
 
 RUN_DATE = "2026-11-25"
 
@@ -38,7 +39,7 @@ def loads(monkeypatch) -> list[str]:
 
 
 def _cfg(demo_parquet, out, model, **kw) -> ProbeConfig:
-    kw = {"failure_batch_size": 8, "parquet_sample_size": 2, "concurrency": 4, **kw}
+    kw = {"failure_batch_size": 8, "parquet_sample_size": 2, "concurrency": 4, **SIM_PLAN, **kw}
     return ProbeConfig(input_uri=demo_parquet, output_uri=str(out), run_date=RUN_DATE, target_model=model, **kw)
 
 

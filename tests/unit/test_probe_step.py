@@ -13,6 +13,7 @@ from vlmprobe.config import ProbeConfig
 from vlmprobe.errors import InputError
 from vlmprobe.io import RunLayout, iter_jsonl, read_json, write_json
 from vlmprobe.probe.run import main
+from fakes import SIM_PLAN
 
 RUN_DATE = "2026-11-25"
 
@@ -24,7 +25,7 @@ def one_process(monkeypatch):
 
 
 def _cfg(input_uri, out, model, **kw) -> ProbeConfig:
-    kw = {"failure_batch_size": 8, "parquet_sample_size": 100, "concurrency": 4, **kw}
+    kw = {"failure_batch_size": 8, "parquet_sample_size": 100, "concurrency": 4, **SIM_PLAN, **kw}
     return ProbeConfig(input_uri=str(input_uri), output_uri=str(out), run_date=RUN_DATE, target_model=model, **kw)
 
 

@@ -12,6 +12,7 @@ from vlmprobe.config import ProbeConfig
 from vlmprobe.errors import VlmprobeError
 from vlmprobe.io import RunLayout, exists, iter_jsonl, read_json
 from vlmprobe.probe.run import main
+from fakes import SIM_PLAN
 
 RUN_DATE = "2026-11-25"
 
@@ -64,7 +65,7 @@ def _wrap(monkeypatch, **kw) -> list[Flaky]:
 
 
 def _cfg(demo_parquet, out, model, **kw) -> ProbeConfig:
-    kw = {"failure_batch_size": 8, "parquet_sample_size": 100, "concurrency": 4, **kw}
+    kw = {"failure_batch_size": 8, "parquet_sample_size": 100, "concurrency": 4, **SIM_PLAN, **kw}
     return ProbeConfig(input_uri=demo_parquet, output_uri=str(out), run_date=RUN_DATE, target_model=model, **kw)
 
 

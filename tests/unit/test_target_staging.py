@@ -15,6 +15,7 @@ import pytest
 from vlmprobe.config import ProbeConfig, QAConfig
 from vlmprobe.errors import UsageError
 from vlmprobe.vlm.staging import revision_problem, stage_target, staged_path
+from fakes import SIM_PLAN
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 OTHER_SHA = "fedcba9876543210fedcba9876543210fedcba98"
@@ -244,7 +245,7 @@ def test_a_probe_of_a_hub_target_records_its_revision(tmp_path, demo_parquet, ti
     hub = _hub(monkeypatch, FakeHub(source=tiny_llava, delay_s=0))
     cfg = ProbeConfig(input_uri=demo_parquet, output_uri=str(tmp_path / "out"), run_date="2026-11-25",
                       target_model="org/tiny-llava", target_revision=SHA, failure_batch_size=8, concurrency=4,
-                      parquet_sample_size=1)
+                      parquet_sample_size=1, **SIM_PLAN)
     success = read_json(main(cfg)["success_uri"])
     assert success["target_revision"] == SHA and success["target_model"] == "org/tiny-llava"
     assert len(hub.calls) == 1 and success["counts"]["rows"] == 12

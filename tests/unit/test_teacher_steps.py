@@ -11,7 +11,7 @@ from vlmprobe.io import iter_jsonl, read_json
 from vlmprobe.qa.run import run_shard
 from vlmprobe.sample.run import sample_keys
 from vlmprobe.sim import GeminiSimulator
-from fakes import RUN_DATE, fake_probe
+from fakes import RUN_DATE, SIM_PLAN, fake_probe
 
 SECRET = "steps-secret-key-5521"
 
@@ -51,7 +51,7 @@ def test_a_dead_teacher_stops_the_probe(tmp_path, demo_parquet, tiny_llava, monk
         monkeypatch.setenv("GEMINI_BASE_URL", sim.base_url)
         cfg = ProbeConfig(input_uri=demo_parquet, output_uri=str(tmp_path), run_date=RUN_DATE,
                           target_model=tiny_llava, failure_batch_size=8, parquet_sample_size=1, concurrency=2,
-                          gemini_model="gemini-9")
+                          gemini_model="gemini-9", **SIM_PLAN)
         with pytest.raises(TeacherUnusable, match="model 'gemini-9' not found"):
             main(cfg)
     assert not (tmp_path / RUN_DATE / "probe" / "_SUCCESS.json").exists()

@@ -12,7 +12,7 @@ from vlmprobe.contracts import ProbeSuccess, QACounts, ShardPlan
 from vlmprobe.io import JsonlWriter, exists, iter_jsonl, read_json
 from vlmprobe.publish.run import publish
 from vlmprobe.sample.run import sample_keys
-from fakes import RUN_DATE, fake_probe, fake_qa_stats, fake_success
+from fakes import RUN_DATE, SIM_PLAN, fake_probe, fake_qa_stats, fake_success
 from fakes import chat_server as fake_chat_server
 
 
@@ -38,7 +38,7 @@ def test_the_probe_with_an_openai_compatible_target(tmp_path, demo_parquet, chat
     base_url, requests = chat_server
     spec = f"openai:{base_url}#llava-served"
     cfg = ProbeConfig(input_uri=demo_parquet, output_uri=str(tmp_path), run_date=RUN_DATE, target_model=spec,
-                      failure_batch_size=8, concurrency=4, max_new_tokens=5)
+                      failure_batch_size=8, concurrency=4, max_new_tokens=5, **SIM_PLAN)
     success = read_json(main(cfg)["success_uri"])
     c = success["counts"]
     assert c["rows"] == 48 == c["passed"] + c["verified"] + c["rejected"] + c["errors"]

@@ -9,6 +9,7 @@ instead and is skipped). What it measured replaces each default it can:
 - retry overhead: probe requests / (2 x explained) - 1;
 - tokens per request: the probe's and QA's prompt and output tokens per request;
 - rows per second per rank: rows / the ranks' device-busy seconds (the GPU pass, not the pod);
+- seconds per teacher answer: the probe's teacher's average;
 - the wrong answers' shares per stratum (for :func:`vlmprobe.budget.plan.allocate`).
 """
 
@@ -61,9 +62,10 @@ def default_tokens(template_version: str, image_max_side: int, thinking_budget: 
 
 def default_priors(*, expected_error_rate: float, images_per_s: float, template_version: str,
                    image_max_side: int, thinking_budget: int, model: str = "",
-                   resolutions: dict[str, str] | None = None) -> Priors:
+                   resolutions: dict[str, str] | None = None, latency_s: float = 5.0) -> Priors:
     return Priors(
         error_rate=expected_error_rate,
+        latency_s=latency_s,
         verified_rate=DEFAULT_VERIFIED_RATE,
         retry_overhead=DEFAULT_RETRY_OVERHEAD,
         images_per_s=images_per_s,
@@ -92,6 +94,8 @@ def measured_priors(defaults: Priors, night: dict[str, Any], run_date: str) -> P
     probe_requests = night.get("probe_requests", 0)
     if (per := _ratio(probe_requests, 2 * explained)) is not None:
         update["retry_overhead"] = min(max(per - 1.0, 0.0), 10.0)
+    if night.get("latency_s"):
+        update["latency_s"] = float(night["latency_s"])
     if (speed := _ratio(rows, night.get("busy_s", 0.0))) is not None and night.get("ranks"):
         update["images_per_s"] = speed  # rows per busy second of one rank = per GPU
     tokens = dict(defaults.tokens)

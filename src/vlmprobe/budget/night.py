@@ -65,7 +65,12 @@ def priors_for(cfg: Any) -> Priors:
     """The defaults from ``cfg``, replaced by what the last completed night measured."""
     from vlmprobe.teacher.factory import media_resolutions
 
+    from vlmprobe.teacher.retry import tier_timing
+
+    latency = max(cfg.teacher_latency_s, tier_timing(cfg.teacher_service_tier).expected_latency_s
+                  if cfg.teacher_service_tier == "flex" else 0.0)
     defaults = default_priors(expected_error_rate=cfg.expected_error_rate, images_per_s=cfg.target_images_per_s,
+                              latency_s=latency,
                               template_version=cfg.template_version, image_max_side=cfg.teacher_image_max_side,
                               thinking_budget=cfg.thinking_budget, model=cfg.gemini_model,
                               resolutions=media_resolutions(cfg))
@@ -101,7 +106,8 @@ def plan_the_night(cfg: Any, rows: int, ranks: int) -> NightPlan:
                         probe_wall_factor=cfg.probe_wall_factor, probe_min_tail_s=cfg.probe_min_tail_s,
                         probe_tier=tier, qa_tier=tier, qa_mode=cfg.qa_mode,
                         batch_enqueued_tokens=cfg.teacher_batch_enqueued_tokens,
-                        tail_latency_s=max(TAIL_LATENCY_S, 2 * tier_timing(tier).expected_latency_s))
+                        tail_latency_s=max(TAIL_LATENCY_S, 2 * tier_timing(tier).expected_latency_s),
+                        concurrency=cfg.concurrency)
     plan = plan_night(inputs, priors).model_copy(update={"day": day})
     if cfg.teacher_rpd:
         write_hold(folder, day, cfg.run_date, plan.probe_requests, plan.qa_requests)

@@ -16,7 +16,8 @@ counting with each the QA request it will lead to (``verified_rate`` of them):
 
     per explained failure: 2 (1 + retry overhead) probe requests + verified_rate (1 + overhead) QA requests
     daily_quota  = requests left today (less 2 % headroom) / that
-    time         = per-minute requests (the tighter of rpm and tpm / tokens per request, less headroom)
+    time         = per-minute requests (the tightest of rpm, tpm / tokens per request and the ranks'
+                   concurrency / a request's latency, less headroom)
                    x (the probe's teacher window - the latency of the last requests) / probe requests per failure
     budget       = max_cost_usd / (probe + QA cost per explained failure)
 
@@ -74,6 +75,7 @@ class Priors(BaseModel):
     verified_rate: float = Field(ge=0, le=1, description="Verified factors per explained failure.")
     retry_overhead: float = Field(ge=0, le=10, description="Extra requests per request (429s, 5xx, re-asks).")
     images_per_s: float = Field(gt=0, description="Rows the target answers per second per rank.")
+    latency_s: float = Field(5.0, gt=0, description="Seconds one teacher answer takes.")
     tokens: dict[str, Tokens] = Field(description="Tokens per request, by kind (factor, verify, qa).")
     source: str = Field(description="'defaults', or 'night RUN_DATE' when measured by an earlier night.")
     strata_wrong: dict[str, float] = Field(default_factory=dict,
@@ -103,6 +105,7 @@ class PlanInputs(BaseModel):
     batch_enqueued_tokens: int = Field(0, ge=0, description="The Batch API's enqueued-token quota (0: no limit).")
     tail_latency_s: float = Field(TAIL_LATENCY_S, ge=0, description="How long the probe's last answers take "
                                   "(the tier's latency: seconds at standard, minutes at flex).")
+    concurrency: int = Field(0, ge=0, description="Requests in flight per rank at most (0: automatic, no cap).")
 
 
 class NightPlan(BaseModel):
@@ -250,13 +253,17 @@ def plan_night(inputs: PlanInputs, priors: Priors) -> NightPlan:
 
 
 def _probe_requests_per_minute(inputs: PlanInputs, priors: Priors) -> float | None:
-    """Requests per minute the probe can send: the tighter of rpm and tpm over tokens per request."""
+    """Requests per minute the probe can send: the tightest of rpm, tpm over tokens per request, and
+    the ranks' requests in flight over a request's latency (Little's law: ``concurrency`` per rank
+    at the prior's ``latency_s`` each)."""
     rates = []
     if inputs.teacher_rpm:
         rates.append(float(inputs.teacher_rpm))
     if inputs.teacher_tpm:
         per_request = (priors.tokens["factor"].prompt + priors.tokens["verify"].prompt) / 2
         rates.append(inputs.teacher_tpm / max(per_request, 1.0))
+    if inputs.concurrency:
+        rates.append(inputs.ranks * inputs.concurrency * 60 / priors.latency_s)
     return min(rates) * (1 - inputs.rate_headroom) if rates else None
 
 

@@ -41,6 +41,7 @@ class TeacherFigures(RunTeacherFigures):
     gave_up: dict[str, int]
     paused_s: float
     processes: int
+    latency_s: float | None = None  # an answer's seconds, averaged over the processes' answers
 
 
 class AttemptFigures(Part):
@@ -287,7 +288,7 @@ def night_figures(manifest: Manifest) -> dict[str, Any]:
     probe, counts = manifest.probe, manifest.probe.counts
     figures: dict[str, Any] = {
         "rows": counts.rows, "wrong": counts.wrong, "explained": counts.explained, "verified": counts.verified,
-        "probe_requests": probe.teacher.requests, "ranks": probe.world_size,
+        "probe_requests": probe.teacher.requests, "ranks": probe.world_size, "latency_s": probe.teacher.latency_s,
         "busy_s": probe.bound_by.device_busy_s,
         "tokens": {},
     }

@@ -39,7 +39,10 @@ NULL_QUESTION_ROW = 2
 # The DAG params of a demo run on a laptop's CPU (``make demo`` and ``make up``): 2 probe ranks,
 # 2 QA shards, small batches.
 DEMO_RUN_PARAMS = {"nproc_per_node": 2, "failure_batch_size": 8, "parquet_sample_size": 4, "samples_per_key": 4,
-                   "num_shards": 2, "concurrency": 8, "batch_size": 16}
+                   "num_shards": 2, "concurrency": 8, "batch_size": 16,
+                   # the simulator answers in tens of milliseconds, not Gemini's seconds: the night's plan
+                   # knows it (else it would leave most of the demo's wrong answers unexplained)
+                   "teacher_latency_s": 0.1}
 
 SCHEMA = pa.schema(
     [

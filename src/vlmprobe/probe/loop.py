@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ log = logging.getLogger("vlmprobe.probe")
 _KNOWN_COLUMNS = {*REQUIRED_COLUMNS, "id", "choices"}
 PROGRESS_EVERY_S = 30.0  # one progress line per rank this often: pod logs stay readable
 PREFETCH_BATCHES = 4  # batches decoded and preprocessed ahead of the device
+MAX_BACKLOG = 4096  # wrong answers (with their images) a rank may hold for the teacher at once
 
 
 @dataclass
@@ -479,13 +481,22 @@ class RankProbe:
         Rows are read in one thread and decoded and preprocessed ``prefetch`` batches ahead by
         worker threads; the target runs in its own thread; each batch's wrong answers go to the
         teacher on this event loop while the next batch is on the device. At most
-        ``max(4 * concurrency, failure_batch_size)`` failures wait for the teacher at once; when
+        ``max(4 * concurrency, failure_batch_size)`` failures wait for the teacher at once (with a
+        night's plan, up to the rank's explain budget, ``MAX_BACKLOG`` at most); when
         that backlog is full the device stops after one more batch, and the wait is counted
         (``teacher_wait_s``).
         """
         from vlmprobe.vlm.answers import is_correct
 
-        room = asyncio.Semaphore(max(4 * self.concurrency, self.cfg.failure_batch_size))
+        # The backlog of wrong answers waiting for the teacher. The night's plan sized the rank's
+        # explanations to its teacher window, so the device need not wait for them: the backlog may
+        # hold the rank's whole budget (up to MAX_BACKLOG rows with their images), and what is still
+        # waiting when the window closes is left unexplained. Without a budget it stays small.
+        budget = self.selector.budget if self.selector is not None else None
+        backlog = max(4 * self.concurrency, self.cfg.failure_batch_size)
+        if budget is not None:
+            backlog = max(backlog, min(math.ceil(budget), MAX_BACKLOG))
+        room = asyncio.Semaphore(backlog)
         in_flight: set[asyncio.Task] = set()
         crashed: list[BaseException] = []  # a bug in _explain must fail the step, not vanish
 

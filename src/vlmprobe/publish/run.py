@@ -84,6 +84,7 @@ def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> Te
     gave_up: Counter[str] = Counter()
     processes = 0
     paused = 0.0
+    latency = answered = 0.0  # answers' latency, weighted by each process's answers
     for s in stats:
         if not s:
             continue
@@ -91,10 +92,14 @@ def teacher_figures(stats: Iterable[Mapping[str, Any] | None], model: str) -> Te
         total.update({k: int(s.get(k) or 0) for k in TEACHER_SUMS})
         gave_up.update(s.get("gave_up") or {})
         paused += float(s.get("paused_s") or 0.0)
+        if s.get("latency_s") is not None and s.get("succeeded"):
+            latency += float(s["latency_s"]) * int(s["succeeded"])
+            answered += int(s["succeeded"])
     return TeacherFigures(
         **{k: total[k] for k in TEACHER_SUMS},
         estimated_cost_usd=recorded_cost_usd(stats, model),
-        gave_up=dict(gave_up), paused_s=round(paused, 3), processes=processes)
+        gave_up=dict(gave_up), paused_s=round(paused, 3), processes=processes,
+        latency_s=round(latency / answered, 3) if answered else None)
 
 
 def _sum_figures(model: str, *steps: TeacherFigures) -> RunTeacherFigures:

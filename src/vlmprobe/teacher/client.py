@@ -239,7 +239,8 @@ class Teacher:
         ``rate_limited`` 429 answers; ``succeeded`` / ``failed`` calls of generate;
         ``failures`` failed attempts and ``gave_up`` TeacherErrors, by reason; tokens (output
         includes thinking, prompt includes cached); ``estimated_cost_usd``; ``paused_s`` time
-        new requests waited on 429s; ``concurrency_limit`` the AIMD limit now (``concurrency_ceiling``
+        new requests waited on 429s; ``latency_s`` an answer's seconds (a moving average; None
+        before the first); ``concurrency_limit`` the AIMD limit now (``concurrency_ceiling``
         its bound, derived when ``concurrency`` is 0); ``quota`` this
         process's share and the run-wide counts it last saw.
         """
@@ -257,6 +258,7 @@ class Teacher:
             "served_tiers": dict(self._served),
             "by_tier": self._ledger.tiers_dict(),
             "paused_s": round(self._paused_s, 3),
+            "latency_s": round(self._latency, 3) if self._succeeded else None,
             "concurrency_limit": self._flow.limit,
             "concurrency_ceiling": self._flow.ceiling,
             "concurrency_decreases": self._flow.decreases,
