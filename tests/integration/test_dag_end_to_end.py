@@ -164,6 +164,10 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert event["extra"]["counts"] == {"probe": pc, "sample": sc, "qa": qc}
     assert event["extra"]["qa_items_target_failed"] == m["qa"]["target_check"]["items_target_failed"]
     assert event["extra"]["teacher"]["requests"] == t["run"]["requests"]
+    # publish wrote the run report next to the manifest, and the event names it
+    report = tmp_path / RUN_DATE / "report.html"
+    assert m["report"]["uri"] == str(report) == event["extra"]["report_uri"]
+    assert report.read_text().startswith("<!DOCTYPE html>") and m["report"]["thumbnails"] > 0
 
     # the QA items as a dataset (issue 17): every item loads with its image, a card, the provenance
     import datasets
@@ -187,3 +191,33 @@ def test_whole_dag_in_local_pod_mode(airflow_env, tmp_path, demo_parquet, tiny_l
     assert p["conf"] == conf and p["template_version"] == "v1" and p["prompts_version"]
     images = sorted((w["step"], w["map_index"], w["image_id"]) for w in p["worker_images"])
     assert images == [("probe", -1, "local"), ("qa", 0, "local"), ("qa", 1, "local"), ("qa", 2, "local")]
+
+
+def test_whole_dag_with_qa_in_batch_mode(airflow_env, tmp_path, demo_parquet, tiny_llava):
+    from vlmprobe.sim import GeminiSimulator
+
+    conf = {"input_uri": demo_parquet, "output_uri": str(tmp_path), "target_model": tiny_llava,
+            "nproc_per_node": 2, "failure_batch_size": 6, "parquet_sample_size": 4, "samples_per_key": 2,
+            "num_shards": 2, "concurrency": 4, "qa_mode": "batch", "batch_poll_s": 0.5, **SIM_PLAN}
+    with GeminiSimulator(port=0, latency_ms=5, rate_503=0.05, batch_pending_s=1, batch_running_s=1,
+                         batch_error_rate=0.1, seed=11) as sim:
+        env = {**airflow_env, "GEMINI_API_KEY": "e2e-batch-secret-5678", "VLMPROBE_GEMINI_BASE_URL": sim.base_url}
+        proc, logs = _dags_test(env, conf)
+        batch = sim.batch_stats()
+    assert proc.returncode == 0, logs[-4000:]
+    assert "e2e-batch-secret-5678" not in logs
+    m = read_json(str(tmp_path / RUN_DATE / "manifest.json"))
+    shards = len(m["qa"]["shards"])
+    # one job per shard, submitted by qa.submit, waited for by qa.wait in the (inline) triggerer
+    assert shards == 2 and batch["jobs_created"] == shards and batch["files_uploaded"] == shards
+    assert len(_lines_with(logs, "--qa-phase submit")) == shards and _lines_with(logs, "waiting in the triggerer")
+    qc = m["qa"]["counts"]
+    assert qc["failures"] == m["sample"]["counts"]["sampled"] == qc["failures_with_items"] + qc["errors"]
+    assert qc["items"] > 0
+    # the manifest shows QA per mode: batch at half of standard; what the jobs did not answer, online
+    qa = m["teacher_modes"]["qa"]
+    assert qa["by_mode"]["batch"]["requests"] > 0
+    batch_mode = qa["by_mode"]["batch"]
+    assert batch_mode["estimated_cost_usd"] * 2 == pytest.approx(batch_mode["standard_cost_usd"], rel=1e-3)
+    assert m["teacher"]["qa"]["estimated_cost_usd"] == pytest.approx(qa["estimated_cost_usd"])
+    assert qa["saving_usd"] > 0 and set(m["teacher_modes"]["probe"]["by_mode"]) == {"standard"}
