@@ -176,7 +176,8 @@ class NightPlan(BaseModel):
             f"QA requests, {money(self.cost_per_explained_usd)} + {money(self.qa_cost_per_explained_usd)} "
             f"({i.gemini_model})",
             f"  teacher              probe at {i.probe_tier}; QA {'in batch mode' if i.qa_mode == 'batch' else 'at ' + i.qa_tier}"
-            f"; answers in ~{i.tail_latency_s:g} s",
+            f"; an answer takes ~{p.latency_s:g} s at concurrency {i.concurrency or 'auto'}; the last ones get "
+            f"{i.tail_latency_s:g} s",
             f"  requests left today  {left} (teacher_rpm {i.teacher_rpm or 'no limit'}, "
             f"teacher_tpm {i.teacher_tpm or 'no limit'}, max_cost_usd {i.max_cost_usd or 'no cap'})",
             f"  caps                 daily_quota {cap(self.caps['daily_quota'])}; time {cap(self.caps['time'])}; "
