@@ -42,7 +42,7 @@ from vlmprobe.io import RunLayout  # noqa: E402
 VLMPROBE = str(Path(sys.executable).parent / "vlmprobe")
 RPM, RPD = 600, 2000
 RANKS, SHARDS = 4, 2
-FILES, ROWS_PER_FILE = 18, 250  # 4,500 rows; a random model answers ~80 % of them wrongly
+FILES, ROWS_PER_FILE = 28, 250  # 7,000 rows; a random model answers ~80 % of them wrongly
 # A random LLaVA heavy enough that the pass has a night's proportions on a shared CPU (~6 rows/s
 # per rank, ~3 minutes for the pass): with the demo's tiny one the pass takes seconds and every
 # night would be all teacher tail (probe_min_tail_s).
