@@ -38,6 +38,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -230,8 +231,10 @@ def _key_refused(sim: GeminiSimulator, api_key: str) -> tuple[int, Any] | None:
     return None
 
 
-def get_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
-    """``GET .../batches/{id}``: the job, its state brought up to the clock."""
+def _on_job(sim: GeminiSimulator, match: re.Match[str], api_key: str,
+            act: Callable[[Job], tuple[int, Any]]) -> tuple[int, Any]:
+    """``act`` on the job the path names, its state brought up to the clock, with the store's lock
+    held; a refused key or an unknown job answers as Gemini does."""
     if (refused := _key_refused(sim, api_key)) is not None:
         return refused
     with sim.batches.lock:
@@ -239,7 +242,12 @@ def get_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str
         if job is None:
             return _not_found(match.group(2))
         _refresh(sim, job)
-        return 200, job.operation()
+        return act(job)
+
+
+def get_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
+    """``GET .../batches/{id}``: the job, its state brought up to the clock."""
+    return _on_job(sim, match, api_key, lambda job: (200, job.operation()))
 
 
 def list_jobs(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
@@ -255,18 +263,14 @@ def list_jobs(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: s
 
 def cancel_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
     """``POST .../batches/{id}:cancel``: a job not yet ended ends CANCELLED, without results."""
-    if (refused := _key_refused(sim, api_key)) is not None:
-        return refused
-    with sim.batches.lock:
-        job = _job(sim, match.group(2))
-        if job is None:
-            return _not_found(match.group(2))
+    def cancel(job: Job) -> tuple[int, Any]:
         sim.batches.cancels += 1
-        _refresh(sim, job)
         if job.state not in ENDED:
             job.cancelled = True
             _refresh(sim, job)
         return 200, {}
+
+    return _on_job(sim, match, api_key, cancel)
 
 
 def delete_job(sim: GeminiSimulator, match: re.Match[str], raw: bytes, api_key: str) -> tuple[int, Any]:
