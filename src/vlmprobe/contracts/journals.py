@@ -48,6 +48,9 @@ class ProbeJournalHeader(JournalHeader):
     max_output_tokens_factor: int
     max_output_tokens_verify: int
     target_revision: str = ""  # the target's pinned commit; "" for a local folder or a server
+    # what the teacher sees of each image (a journal made at another resolution explained other images)
+    teacher_media_resolution_factor: str = "unspecified"
+    teacher_media_resolution_verify: str = "unspecified"
 
 
 class QAJournalHeader(JournalHeader):

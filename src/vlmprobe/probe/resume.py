@@ -82,6 +82,8 @@ def fingerprint_settings(cfg: Any) -> dict[str, Any]:
         max_output_tokens_factor=cfg.max_output_tokens_factor,
         max_output_tokens_verify=cfg.max_output_tokens_verify,
         target_revision=cfg.target_revision,
+        teacher_media_resolution_factor=cfg.teacher_media_resolution_factor,
+        teacher_media_resolution_verify=cfg.teacher_media_resolution_verify,
     ).settings()
 
 
