@@ -311,9 +311,9 @@ PARAM_SPECS.update({
         minimum=0,
         maximum=1_000_000,
         section=TEACHER,
-        description="Estimated Gemini spend of the run (USD) at which new requests stop (a verification "
-                    "of a factor already paid still goes out): their records become error rows and "
-                    "publish fails with 'budget reached'. 0 = no cap.",
+        description="Estimated Gemini spend of the run (USD) the night's plan budgets for; new requests stop "
+                    "there (a verification of a factor already paid still goes out) and what is left is "
+                    "unexplained or unasked: a limit the manifest reports, not a failure. 0 = no cap.",
     ),
 })
 

@@ -117,7 +117,7 @@ class RunLayout:
 
     @property
     def manifest_failed(self) -> str:
-        """The manifest of a run publish failed (too many teacher errors, budget reached): never manifest.json."""
+        """The manifest of a run publish failed (too many teacher errors): never manifest.json."""
         return join(self.root, "manifest.failed.json")
 
     @property

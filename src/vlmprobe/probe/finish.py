@@ -180,7 +180,7 @@ def finish_step(cfg: ProbeConfig, layout: RunLayout, plan: WorkPlan, gathered: l
     success.write(layout.probe_success)
     _release_hold(cfg, night, "probe")
     retried = sum(reasons[r] for r in RETRIED_REASONS)
-    if retried:  # budget_reached / target_error rows: a rerun probes only them, paying nothing twice
+    if retried:  # target_error rows: a rerun probes only them, paying nothing twice
         log.warning("resume journal kept: %d row(s) ended as %s error rows; a rerun (e.g. with a larger "
                     "max_cost_usd) probes only those", retried, " or ".join(RETRIED_REASONS))
     else:

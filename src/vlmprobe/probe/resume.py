@@ -16,9 +16,10 @@ Design (issue 5, "never pay twice"):
   the teacher tokens it cost. A rerun skips the rows finished before: a row group whose rows are
   all finished is not read at all, other finished rows are dropped before their image is decoded —
   no target inference, no teacher call.
-- **Not done.** Error rows that a rerun should try again carry ``"done": false``:
-  ``teacher_budget_reached`` (a rerun with a larger ``max_cost_usd`` goes on) and ``target_error``
-  (no teacher money was spent on them; the device may have had a bad moment). They reach the
+- **Not done.** Error rows that a rerun should try again carry ``"done": false``: ``target_error``
+  (no teacher money was spent on them; the device may have had a bad moment), and
+  ``teacher_budget_reached`` in journals written before the night's plan (a budget now leaves
+  wrong answers ``unexplained``, which is final). They reach the
   outputs only when the row has no done entry. Rows lost at reading (a bad row group, an
   unreadable file) are not journaled: the reader meets them again on every attempt.
 - **Outputs from the journal.** At the end a rank writes ``probe/rank-NNNNN.jsonl`` and

@@ -28,8 +28,9 @@ reading, bad rows, target and teacher errors, rejected factors, each with its re
 (:class:`vlmprobe.contracts.ProbeSuccess`, with its ``schema_version``), written by rank 0 once
 every rank is done: counts, input accounting (``input``: rows read, rows lost, files lost), what
 bound the step (``pipeline``), teacher totals, and each rank's stats. Then the journal is cleared,
-unless some rows ended as error rows a rerun should retry (``teacher_budget_reached``,
-``target_error``): then it stays, and a rerun probes only those rows.
+unless some rows ended as error rows a rerun should retry (``target_error``): then it stays, and
+a rerun probes only those rows. Before any of it, rank 0 plans the night from its budget
+(:mod:`vlmprobe.budget`): which wrong answers get explained, what limits the night.
 
 The step fails (exit 2, outputs kept for inspection, no ``_SUCCESS.json``) when it read no row
 or lost more than ``max_error_rate`` of its input rows; with exit 1 (worth a retry: the failed
