@@ -37,8 +37,10 @@ or lost more than ``max_error_rate`` of its input rows; with exit 1 (worth a ret
 rows are not recorded as done) when the target failed on more than ``max_error_rate`` of them,
 or ran out of GPU memory on a single row (a batch that runs out of memory is halved first:
 :meth:`vlmprobe.probe.loop.RankProbe._infer`).
-Teacher errors that stop the step (dead key, unknown model, daily quota, open circuit) end it at
-once with their own exit code.
+Teacher errors that stop the step (dead key, unknown model, open circuit) end it at once with
+their own exit code; a daily quota, a step's reservation, the budget or the teacher window reached
+is a limit: it ends the explanations, never the step (exit 4 only when the project had nothing left
+today before the night could be planned).
 """
 
 from __future__ import annotations
