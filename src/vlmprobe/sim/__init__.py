@@ -16,7 +16,8 @@ Run it with ``vlmprobe gemini-sim`` or ``python -m vlmprobe.sim.server``; in tes
 
 One concern per module:
 
-- :mod:`~vlmprobe.sim.server`: :class:`GeminiSimulator`, the HTTP handler and its route table.
+- :mod:`~vlmprobe.sim.server`: :class:`GeminiSimulator`, its settings, start and stop.
+- :mod:`~vlmprobe.sim.http`: the HTTP handler, the loopback-only server and the route table.
 - :mod:`~vlmprobe.sim.generate`: the generateContent endpoint, step by step.
 - :mod:`~vlmprobe.sim.tiers`: service tiers in generateContent (flex latency and shedding, the tier served).
 - :mod:`~vlmprobe.sim.batch`: the Batch API (jobs, their states, per-request errors, shuffled results).
